@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Sets up .venv, then runs the main job on the embedded offline default.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+.venv/bin/mixphm demo "$@"

@@ -1,0 +1,97 @@
+"""Typed configuration of the MixPHM adapter family and presets for its named members."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+MergeMode = Literal["factors", "products"]
+
+PRESETS = ("mixphm", "compacter", "adamix", "pfeiffer", "houlsby")
+
+
+@dataclass(frozen=True)
+class MixPHMConfig:
+    """One adapter after every feed-forward block (and, optionally, every attention block).
+
+    Each adapter maps the sub-layer output h (..., d) to h + up(dropout(gelu(down(h)))):
+    a shared down-projection d → d / reduction_factor and ``num_experts`` up-projections
+    back to d. Every projection is a PHM weight W = Σ_i S_i ⊗ (T_i U_i) with the rule
+    tensor S shared by the whole model; ``phm_dim=1`` gives plain dense projections.
+
+    The defaults are the paper's MixPHM (n = 4, d_k = 8, reduction 12, 4 experts).
+    """
+
+    reduction_factor: int = 12
+    """Bottleneck width is d / reduction_factor (64 for d = 768)."""
+    num_experts: int = 4
+    """Up-projection experts per adapter; 1 disables routing and merging."""
+    phm_dim: int = 4
+    """n, the number of Kronecker products per weight. 1 means a plain dense projection."""
+    phm_rank: int | None = 8
+    """d_k, the rank of each block T_i U_i; None learns full-rank blocks B_i."""
+    dropout: float = 0.5
+    """Dropout on the bottleneck activations (the reference code's value)."""
+    merge: MergeMode = "factors"
+    """How experts merge for inference: average the factors (reference) or the products."""
+    attention_adapters: bool = False
+    """Also insert an adapter after every attention block (Houlsby)."""
+    vision_tower: bool = False
+    """Also adapt the vision tower of models that have a separate one."""
+    routing_seed: int = 0
+    """Seed of the stochastic routing; equal on every rank of a distributed run."""
+    extra_ffn_classes: dict[str, str] = field(default_factory=dict)
+    """More feed-forward classes to adapt: class name → name of its output nn.Linear."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.reduction_factor >= 1, f"reduction_factor must be ≥ 1, got {self.reduction_factor}"),
+            (self.num_experts >= 1, f"num_experts must be ≥ 1, got {self.num_experts}"),
+            (self.phm_dim >= 1, f"phm_dim must be ≥ 1, got {self.phm_dim}"),
+            (
+                self.phm_rank is None or self.phm_rank >= 1,
+                f"phm_rank must be ≥ 1 or None, got {self.phm_rank}",
+            ),
+            (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
+            (
+                self.merge in ("factors", "products"),
+                f"merge must be 'factors' or 'products', got {self.merge!r}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> MixPHMConfig:
+        """The named member of the family, with any field overridden.
+
+        - ``mixphm``: the paper's method (defaults above).
+        - ``compacter``: one PHM expert, rank 1, shared S (Karimi Mahabadi et al., 2021).
+        - ``adamix``: four plain bottleneck experts, routing and averaging (Wang et al., 2022).
+        - ``pfeiffer``: one plain bottleneck after each FFN (Pfeiffer et al., 2021).
+        - ``houlsby``: plain bottlenecks after each attention and FFN (Houlsby et al., 2019).
+        """
+        plain = {"phm_dim": 1, "phm_rank": None, "dropout": 0.0}
+        presets: dict[str, dict[str, Any]] = {
+            "mixphm": {},
+            "compacter": {"num_experts": 1, "phm_rank": 1, "dropout": 0.0},
+            "adamix": {**plain, "reduction_factor": 16},
+            "pfeiffer": {**plain, "num_experts": 1, "reduction_factor": 16},
+            "houlsby": {**plain, "num_experts": 1, "reduction_factor": 16, "attention_adapters": True},
+        }
+        if name not in presets:
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return cls(**{**presets[name], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> MixPHMConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown MixPHMConfig fields: {', '.join(unknown)}")
+        return cls(**values)

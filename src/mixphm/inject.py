@@ -1,0 +1,155 @@
+"""Attach MixPHM adapters to a Hugging Face transformers model.
+
+Sub-layers are found by module class, never by path: each known feed-forward (and, for
+Houlsby, attention) class names the ``nn.Linear`` that produces its output. The adapter is
+registered as a child ``mixphm`` of that linear layer and a forward hook turns its output
+h into h + adapter(h), before the block's residual add. The base model's own parameter
+names are unchanged, so its checkpoints still load into the adapted model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from torch import Tensor, nn
+
+from mixphm.adapter import MixPHMAdapter
+from mixphm.config import MixPHMConfig
+from mixphm.phm import PHMRule
+from mixphm.routing import ExpertRouter
+
+# class name → name of the nn.Linear that produces the sub-layer's output
+TEXT_FFN = {
+    "T5DenseActDense": "wo",
+    "T5DenseGatedActDense": "wo",
+    "BertOutput": "dense",
+    "RobertaOutput": "dense",
+    "BlipTextOutput": "dense",
+    "ViltOutput": "dense",
+    "LlamaMLP": "down_proj",
+    "MistralMLP": "down_proj",
+    "GemmaMLP": "down_proj",
+    "Gemma2MLP": "down_proj",
+    "Qwen2MLP": "down_proj",
+}
+VISION_FFN = {
+    "BlipMLP": "fc2",
+    "SiglipMLP": "fc2",
+    "Idefics3VisionMLP": "fc2",
+    "VisionMlp": "fc2",  # Qwen2-VL
+}
+TEXT_ATTENTION = {
+    "T5Attention": "o",
+    "BertSelfOutput": "dense",
+    "RobertaSelfOutput": "dense",
+    "BlipTextSelfOutput": "dense",
+    "ViltSelfOutput": "dense",
+    "LlamaAttention": "o_proj",
+    "MistralAttention": "o_proj",
+    "GemmaAttention": "o_proj",
+    "Gemma2Attention": "o_proj",
+    "Qwen2Attention": "o_proj",
+    "Qwen2VLAttention": "o_proj",
+}
+VISION_ATTENTION = {
+    "BlipAttention": "projection",
+    "SiglipAttention": "out_proj",
+    "Idefics3VisionAttention": "out_proj",
+    "VisionAttention": "proj",  # Qwen2-VL
+}
+
+ADAPTER_NAME = "mixphm"
+
+
+def target_classes(config: MixPHMConfig) -> dict[str, str]:
+    """Sub-layer class name → output linear name, for what ``config`` asks to adapt."""
+    targets = {**TEXT_FFN, **config.extra_ffn_classes}
+    if config.vision_tower:
+        targets |= VISION_FFN
+    if config.attention_adapters:
+        targets |= TEXT_ATTENTION
+        if config.vision_tower:
+            targets |= VISION_ATTENTION
+    return targets
+
+
+def find_targets(model: nn.Module, config: MixPHMConfig) -> list[tuple[str, nn.Linear]]:
+    """(path, output linear) of every sub-layer to adapt, in module order."""
+    targets = target_classes(config)
+    found = []
+    for path, module in model.named_modules():
+        linear_name = targets.get(type(module).__name__)
+        if linear_name is None:
+            continue
+        linear = getattr(module, linear_name, None)
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(
+                f"{path} ({type(module).__name__}) has no nn.Linear named {linear_name!r}; "
+                "fix the mapping in MixPHMConfig.extra_ffn_classes"
+            )
+        found.append((f"{path}.{linear_name}" if path else linear_name, linear))
+    if not found:
+        raise ValueError(
+            f"no sub-layer to adapt in {type(model).__name__}: searched for the classes "
+            f"{', '.join(sorted(targets))}. For another architecture pass "
+            "MixPHMConfig(extra_ffn_classes={'<FFN class name>': '<its output nn.Linear>'})"
+        )
+    return found
+
+
+def _add_adapter_output(linear: nn.Module, inputs: Any, output: Tensor) -> Tensor:
+    adapter: MixPHMAdapter = getattr(linear, ADAPTER_NAME)
+    return output + adapter(output)
+
+
+def add_mixphm(model: nn.Module, config: MixPHMConfig | None = None) -> nn.Module:
+    """Insert a MixPHM adapter after every targeted sub-layer and freeze everything else.
+
+    The model is changed in place and returned. Adapter parameters are float32 on the
+    device of the layer they follow; they compute in the dtype of the hidden states.
+    """
+    config = config or MixPHMConfig()
+    if any(True for _ in mixphm_adapters(model)):
+        raise ValueError(f"{type(model).__name__} already has MixPHM adapters")
+    targets = find_targets(model, config)
+    rule = PHMRule(config.phm_dim) if config.phm_dim > 1 else None
+    router = ExpertRouter(config.routing_seed, len(targets), config.num_experts)
+    model.requires_grad_(False)
+    for layer_index, (_, linear) in enumerate(targets):
+        adapter = MixPHMAdapter(linear.out_features, config, rule, router, layer_index)
+        linear.add_module(ADAPTER_NAME, adapter.to(linear.weight.device))
+        linear.register_forward_hook(_add_adapter_output)
+    anchor = next(mixphm_adapters(model))[1].up.bias
+
+    def advance_routing(module: nn.Module, args: Any) -> None:
+        if module.training:
+            router.advance(anchor.device)
+
+    model.register_forward_pre_hook(advance_routing)
+    model.mixphm_config = config  # type: ignore[assignment]
+    model.mixphm_router = router  # type: ignore[assignment]
+    return model
+
+
+def mixphm_adapters(model: nn.Module) -> Iterator[tuple[str, MixPHMAdapter]]:
+    """(path, adapter) for every MixPHM adapter in ``model``."""
+    for path, module in model.named_modules():
+        if isinstance(module, MixPHMAdapter):
+            yield path, module
+
+
+def merge_experts(model: nn.Module) -> nn.Module:
+    """Build and cache every adapter's merged expert now; eval-mode forwards then reuse it."""
+    adapters = [adapter for _, adapter in mixphm_adapters(model)]
+    if not adapters:
+        raise ValueError(f"{type(model).__name__} has no MixPHM adapters; call add_mixphm first")
+    for adapter in adapters:
+        adapter.merge()
+    return model
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; shared tensors count once."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
