@@ -68,7 +68,7 @@ def test_merge_by_factors_builds_one_weight_from_averaged_factors():
 
 
 def test_merge_by_products_averages_expert_weights():
-    proj, rule = _distinct_experts(rank=2)
+    proj, _ = _distinct_experts(rank=2)
     weight_t, _ = proj.merged("products")
     experts = [proj.expert(e)[0] for e in range(3)]
     torch.testing.assert_close(weight_t, torch.stack(experts).mean(0))

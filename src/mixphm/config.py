@@ -46,7 +46,10 @@ class MixPHMConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.reduction_factor >= 1, f"reduction_factor must be ≥ 1, got {self.reduction_factor}"),
+            (
+                self.reduction_factor >= 1,
+                f"reduction_factor must be ≥ 1, got {self.reduction_factor}",
+            ),
             (self.num_experts >= 1, f"num_experts must be ≥ 1, got {self.num_experts}"),
             (self.phm_dim >= 1, f"phm_dim must be ≥ 1, got {self.phm_dim}"),
             (
@@ -79,7 +82,12 @@ class MixPHMConfig:
             "compacter": {"num_experts": 1, "phm_rank": 1, "dropout": 0.0},
             "adamix": {**plain, "reduction_factor": 16},
             "pfeiffer": {**plain, "num_experts": 1, "reduction_factor": 16},
-            "houlsby": {**plain, "num_experts": 1, "reduction_factor": 16, "attention_adapters": True},
+            "houlsby": {
+                **plain,
+                "num_experts": 1,
+                "reduction_factor": 16,
+                "attention_adapters": True,
+            },
         }
         if name not in presets:
             raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")

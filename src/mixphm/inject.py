@@ -60,6 +60,8 @@ VISION_ATTENTION = {
 }
 
 ADAPTER_NAME = "mixphm"
+CONFIG_ATTRIBUTE = "mixphm_config"
+ROUTER_ATTRIBUTE = "mixphm_router"
 
 
 def target_classes(config: MixPHMConfig) -> dict[str, str]:
@@ -100,7 +102,8 @@ def find_targets(model: nn.Module, config: MixPHMConfig) -> list[tuple[str, nn.L
 
 def _add_adapter_output(linear: nn.Module, inputs: Any, output: Tensor) -> Tensor:
     adapter: MixPHMAdapter = getattr(linear, ADAPTER_NAME)
-    return output + adapter(output)
+    adapted: Tensor = output + adapter(output)
+    return adapted
 
 
 def add_mixphm(model: nn.Module, config: MixPHMConfig | None = None) -> nn.Module:
@@ -127,9 +130,27 @@ def add_mixphm(model: nn.Module, config: MixPHMConfig | None = None) -> nn.Modul
             router.advance(anchor.device)
 
     model.register_forward_pre_hook(advance_routing)
-    model.mixphm_config = config  # type: ignore[assignment]
-    model.mixphm_router = router  # type: ignore[assignment]
+    setattr(model, CONFIG_ATTRIBUTE, config)
+    setattr(model, ROUTER_ATTRIBUTE, router)
     return model
+
+
+def _attached(model: nn.Module, attribute: str) -> Any:
+    if not hasattr(model, attribute):
+        raise ValueError(f"{type(model).__name__} has no MixPHM adapters; call add_mixphm first")
+    return getattr(model, attribute)
+
+
+def adapter_config(model: nn.Module) -> MixPHMConfig:
+    """The config ``add_mixphm`` attached to ``model``."""
+    config: MixPHMConfig = _attached(model, CONFIG_ATTRIBUTE)
+    return config
+
+
+def adapter_router(model: nn.Module) -> ExpertRouter:
+    """The router shared by the adapters of ``model`` (its state belongs in checkpoints)."""
+    router: ExpertRouter = _attached(model, ROUTER_ATTRIBUTE)
+    return router
 
 
 def mixphm_adapters(model: nn.Module) -> Iterator[tuple[str, MixPHMAdapter]]:

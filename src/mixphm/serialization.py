@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from mixphm.config import MixPHMConfig
-from mixphm.inject import add_mixphm, mixphm_adapters
+from mixphm.inject import adapter_config, adapter_router, add_mixphm, mixphm_adapters
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -42,8 +42,8 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
         "format": FORMAT,
         "format_version": 1,
         "base_model_class": type(model).__name__,
-        "config": model.mixphm_config.to_dict(),
-        "routing": model.mixphm_router.state_dict(),
+        "config": adapter_config(model).to_dict(),
+        "routing": adapter_router(model).state_dict(),
         "adapters": {path: adapter.up.d_out for path, adapter in mixphm_adapters(model)},
     }
     tensors = {key: value.detach().contiguous().cpu() for key, value in state.items()}
@@ -62,7 +62,9 @@ def _read_meta(directory: Path) -> dict[str, Any]:
     except json.JSONDecodeError as error:
         raise ValueError(f"{config_path} is not valid JSON: {error}") from None
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{config_path} is not a MixPHM adapter config (format={meta.get('format')!r})")
+        raise ValueError(
+            f"{config_path} is not a MixPHM adapter config (format={meta.get('format')!r})"
+        )
     return meta
 
 
@@ -81,20 +83,23 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     meta = _read_meta(directory)
     saved_class, model_class = meta["base_model_class"], type(model).__name__
     if saved_class != model_class:
-        raise ValueError(
-            f"adapter in {directory} was trained on {saved_class}, not {model_class}"
-        )
+        raise ValueError(f"adapter in {directory} was trained on {saved_class}, not {model_class}")
     config = MixPHMConfig.from_dict(meta["config"])
     if not any(True for _ in mixphm_adapters(model)):
         add_mixphm(model, config)
-    elif model.mixphm_config != config:
-        current = model.mixphm_config.to_dict()
+    elif adapter_config(model) != config:
+        current = adapter_config(model).to_dict()
         differing = [k for k, v in config.to_dict().items() if current[k] != v]
         raise ValueError(
             f"adapter in {directory} has a different config: {', '.join(differing)} differ"
         )
 
-    saved = load_file(str(directory / WEIGHTS_FILE))
+    try:
+        saved = load_file(str(directory / WEIGHTS_FILE))
+    except Exception as error:  # safetensors raises its own error types for a bad header
+        raise ValueError(
+            f"{directory / WEIGHTS_FILE} is not a readable safetensors file: {error}"
+        ) from None
     state = adapter_state(model)
     missing, unexpected = set(state) - set(saved), set(saved) - set(state)
     if missing or unexpected:
@@ -115,5 +120,5 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     with torch.no_grad():
         for key, param in state.items():
             param.copy_(saved[key])
-    model.mixphm_router.load_state_dict(meta["routing"])
+    adapter_router(model).load_state_dict(meta["routing"])
     return model

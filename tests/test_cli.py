@@ -1,0 +1,33 @@
+"""The ``mixphm`` command: the demo job end to end on the packaged MiniLM, and bad arguments."""
+
+import pytest
+
+from mixphm import cli
+from mixphm.demo import run_preset
+
+
+def test_demo_prints_a_row_per_preset_and_saves_adapters(tmp_path, capsys):
+    assert cli.main(["demo", "--output", str(tmp_path), "--presets", "pfeiffer", "compacter"]) == 0
+    out = capsys.readouterr().out
+    assert "pfeiffer" in out and "compacter" in out and "mixphm " not in out
+    for preset in ("pfeiffer", "compacter"):
+        assert (tmp_path / preset / "adapter_model.safetensors").is_file()
+
+
+def test_demo_training_lowers_the_merged_loss_and_reloads_exactly(tmp_path):
+    row = run_preset("mixphm", tmp_path)
+    assert row.adapters == 6
+    # MiniLM: d = 384, bottleneck 32, n = 4, rank 8; per layer a down (3,360) and four
+    # up experts (3,712 each), plus the shared 4 × 4 × 4 rule
+    down = 4 * 96 * 8 + 4 * 8 * 8 + 32
+    up = 4 * 8 * 8 + 4 * 8 * 96 + 384
+    assert row.trainable == 6 * (down + 4 * up) + 64 == 109_312
+    assert row.loss_after < 0.5 * row.loss_before
+    assert row.round_trip_max_diff == 0.0
+
+
+def test_unknown_preset_is_rejected_with_usage(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["demo", "--presets", "lora"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'lora'" in capsys.readouterr().err

