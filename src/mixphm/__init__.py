@@ -2,6 +2,7 @@
 
 from mixphm.adapter import MixPHMAdapter
 from mixphm.config import MixPHMConfig
+from mixphm.evaluation import vqa_accuracy
 from mixphm.inject import add_mixphm, merge_experts, mixphm_adapters, parameter_counts
 from mixphm.serialization import load_adapter, save_adapter
 
@@ -14,4 +15,5 @@ __all__ = [
     "mixphm_adapters",
     "parameter_counts",
     "save_adapter",
+    "vqa_accuracy",
 ]
