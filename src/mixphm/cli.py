@@ -17,6 +17,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--output", type=Path, default=Path("results/demo"))
     demo.add_argument("--presets", nargs="+", choices=PRESETS, default=list(PRESETS))
+    analyze = commands.add_parser(
+        "analyze",
+        help="redundancy per layer: linear CKA between adapter and pretrained representations",
+    )
+    analyze.add_argument("--adapter", type=Path, action="append", default=[], help="saved adapter")
+    analyze.add_argument(
+        "--fresh", action="append", default=[], choices=PRESETS, help="freshly initialised preset"
+    )
+    analyze.add_argument("--samples", type=int, default=512, help="easy-VQA test questions")
+    analyze.add_argument("--output", type=Path, default=Path("results/analysis"))
     return parser
 
 
@@ -27,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
             from mixphm import demo
 
             demo.run(args.output, tuple(args.presets))
+        elif args.command == "analyze":
+            from mixphm import analysis
+
+            if args.samples < 1:
+                raise ValueError(f"--samples must be ≥ 1, got {args.samples}")
+            analysis.analyze_default_backbone(args.adapter, args.fresh, args.samples, args.output)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"mixphm {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
-from transformers import AutoModel, AutoTokenizer
 
-from mixphm.assets import minilm_path
+from mixphm.assets import load_minilm
 from mixphm.config import PRESETS, MixPHMConfig
 from mixphm.inject import add_mixphm, merge_experts, mixphm_adapters, parameter_counts
 from mixphm.serialization import load_adapter, save_adapter
@@ -45,12 +44,8 @@ def run_preset(preset: str, output_dir: Path, seed: int = 0) -> DemoRow:
     """Adapt MiniLM with ``preset`` to denoising: from sentences with every third word
     piece masked, recover the frozen model's states of the clean sentences."""
     torch.manual_seed(seed)
-    path = str(minilm_path())
-    tokenizer = AutoTokenizer.from_pretrained(path)
     # Base dropout off, so the objective measured in training and in eval mode is the same.
-    model = AutoModel.from_pretrained(
-        path, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
-    )
+    tokenizer, model = load_minilm(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     clean = tokenizer(SENTENCES, padding=True, return_tensors="pt")
     with torch.no_grad():
         target = model(**clean).last_hidden_state
@@ -79,7 +74,7 @@ def run_preset(preset: str, output_dir: Path, seed: int = 0) -> DemoRow:
     step_ms = (time.perf_counter() - start) / STEPS * 1000
     loss_after, merged = merged_loss()
     save_adapter(model, output_dir / preset)
-    reloaded = load_adapter(AutoModel.from_pretrained(path), output_dir / preset).eval()
+    reloaded = load_adapter(load_minilm()[1], output_dir / preset).eval()
     with torch.no_grad():
         diff = (reloaded(**batch).last_hidden_state - merged).abs().max().item()
     adapters = len(list(mixphm_adapters(model)))

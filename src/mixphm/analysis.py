@@ -1,0 +1,133 @@
+"""Redundancy analysis: how similar each adapter's output h_a is to the pretrained h it is
+added to, per layer (linear CKA over the valid tokens of a data sample)."""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mixphm.regularization import ActivationCapture, linear_cka
+
+Batch = tuple[Mapping[str, Any], Mapping[str, Tensor]]
+
+
+@dataclass(frozen=True)
+class LayerRedundancy:
+    layer: str
+    stack: str
+    cka: float
+    tokens: int
+
+
+def redundancy_by_layer(
+    model: nn.Module, batches: Iterable[Batch], max_tokens: int = 8192
+) -> list[LayerRedundancy]:
+    """Linear CKA(h, h_a) per adapter, in module order, with the merged (eval) adapters.
+
+    ``batches`` yields (model inputs, {stack path: (B, L) bool mask}); at most
+    ``max_tokens`` valid tokens per layer enter the statistic.
+    """
+    capture = ActivationCapture(model)
+    pretrained: dict[str, list[Tensor]] = defaultdict(list)
+    adapted: dict[str, list[Tensor]] = defaultdict(list)
+    model.eval()
+    with torch.no_grad():
+        for inputs, masks in batches:
+            with capture.recording():
+                model(**inputs)
+            for path, layer in capture.layers.items():
+                mask = masks[layer.stack]
+                pretrained[path].append(layer.h[mask])
+                adapted[path].append(layer.h_a[mask])
+    rows = []
+    for path, stack in capture.stack_of.items():
+        if path not in pretrained:
+            raise ValueError(f"adapter {path} never ran on the sample")
+        h = torch.cat(pretrained[path])[:max_tokens]
+        h_a = torch.cat(adapted[path])[:max_tokens]
+        rows.append(LayerRedundancy(path, stack, linear_cka(h, h_a).item(), h.shape[0]))
+    return rows
+
+
+def write_report(runs: Mapping[str, list[LayerRedundancy]], directory: Path) -> tuple[Path, Path]:
+    """``redundancy.csv`` (one row per run and layer) and ``redundancy.png`` (CKA per layer,
+    one line per run) in ``directory``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    table = directory / "redundancy.csv"
+    with table.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run", "layer_index", "layer", "stack", "linear_cka", "tokens"])
+        for run, rows in runs.items():
+            for i, row in enumerate(rows):
+                writer.writerow([run, i, row.layer, row.stack, f"{row.cka:.4f}", row.tokens])
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for run, rows in runs.items():
+        axes.plot(range(len(rows)), [r.cka for r in rows], marker="o", label=run)
+    axes.set_xlabel("adapter layer (module order)")
+    axes.set_ylabel("linear CKA(h, h_a)")
+    axes.set_ylim(0, 1)
+    axes.set_title("Redundancy between adapter and pretrained representations")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    plot = directory / "redundancy.png"
+    figure.savefig(plot, dpi=120)
+    plt.close(figure)
+    return table, plot
+
+
+def format_rows(runs: Mapping[str, list[LayerRedundancy]]) -> str:
+    names = list(runs)
+    first = runs[names[0]]
+    header = f"{'layer':<40} " + " ".join(f"{n:>14}" for n in names)
+    lines = [header, "-" * len(header)]
+    for i, row in enumerate(first):
+        values = " ".join(f"{runs[n][i].cka:>14.4f}" for n in names)
+        lines.append(f"{row.layer:<40} {values}")
+    return "\n".join(lines)
+
+
+def analyze_default_backbone(
+    adapters: list[Path], presets: list[str], samples: int, output: Path, batch_size: int = 64
+) -> dict[str, list[LayerRedundancy]]:
+    """CKA per layer on the offline default backbone (the packaged MiniLM) over the first
+    ``samples`` easy-VQA test questions, for saved adapters and freshly initialised presets."""
+    from mixphm.assets import load_minilm, text_batches
+    from mixphm.config import MixPHMConfig
+    from mixphm.data import load_easy_vqa
+    from mixphm.inject import add_mixphm
+    from mixphm.serialization import load_adapter
+
+    questions = [e.question for e in load_easy_vqa("test").examples[:samples]]
+    runs: dict[str, list[LayerRedundancy]] = {}
+    for preset in presets:
+        torch.manual_seed(0)
+        tokenizer, model = load_minilm()
+        add_mixphm(model, MixPHMConfig.preset(preset))
+        runs[f"fresh {preset}"] = redundancy_by_layer(
+            model, text_batches(tokenizer, questions, batch_size)
+        )
+    for directory in adapters:
+        tokenizer, model = load_minilm()
+        load_adapter(model, directory)
+        runs[directory.name] = redundancy_by_layer(
+            model, text_batches(tokenizer, questions, batch_size)
+        )
+    if not runs:
+        raise ValueError("nothing to analyze: give --adapter DIR and/or --fresh PRESET")
+    table, plot = write_report(runs, output)
+    print(format_rows(runs))
+    print(f"wrote {table} and {plot}")
+    return runs

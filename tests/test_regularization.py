@@ -1,0 +1,171 @@
+"""The redundancy regularizer's terms, its masks, its capture, and linear CKA."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny_models import t5
+
+from mixphm import MixPHMConfig, add_mixphm, mixphm_adapters
+from mixphm.regularization import (
+    RedundancyConfig,
+    RedundancyRegularizer,
+    decorrelation_penalty,
+    jsd_mutual_information_loss,
+    linear_cka,
+)
+
+
+def random_batch(b=3, length=7, d=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h, h_a, final = (torch.randn(b, length, d, generator=g, dtype=torch.float64) for _ in range(3))
+    mask = torch.ones(b, length, dtype=torch.bool)
+    mask[0, 5:] = False  # a shorter sample
+    return h, h_a, final, mask
+
+
+def with_padding(tensors, mask, extra=4, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    padded = [
+        torch.cat(
+            [t, 100 * torch.randn(t.shape[0], extra, t.shape[2], generator=g, dtype=t.dtype)], 1
+        )
+        for t in tensors
+    ]
+    return padded, torch.cat([mask, torch.zeros(mask.shape[0], extra, dtype=torch.bool)], 1)
+
+
+def test_padding_changes_neither_term():
+    h, h_a, final, mask = random_batch()
+    (ph, ph_a, pfinal), pmask = with_padding((h, h_a, final), mask)
+    torch.testing.assert_close(
+        decorrelation_penalty(ph_a, ph, pmask), decorrelation_penalty(h_a, h, mask)
+    )
+    torch.testing.assert_close(
+        jsd_mutual_information_loss(ph_a, pfinal, pmask),
+        jsd_mutual_information_loss(h_a, final, mask),
+    )
+    # and the masked-out tokens really were excluded: counting them changes the value
+    assert not torch.allclose(
+        decorrelation_penalty(ph_a, ph, pmask | True), decorrelation_penalty(h_a, h, mask)
+    )
+
+
+def test_penalty_is_zero_for_diagonal_correlation_and_positive_otherwise():
+    # token i of h_a and of h are the same basis vector (any scale): C is diagonal
+    basis = torch.eye(6, dtype=torch.float64)
+    h_a = (basis[[0, 1, 2, 3]] * 3.0).reshape(2, 2, 6)
+    h = basis[[0, 1, 2, 3]].reshape(2, 2, 6)
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    assert decorrelation_penalty(h_a, h, mask).item() == 0.0
+    h_mixed = h.clone()
+    h_mixed[0, 0, 4] = 1.0  # token 0 of h now also points along axis 4
+    assert decorrelation_penalty(h_a, h_mixed, mask).item() > 0.0
+    rh, rh_a, _, rmask = random_batch()
+    value = decorrelation_penalty(rh_a, rh, rmask, lam=3.9e-3)
+    tokens_a = torch.nn.functional.normalize(rh_a[rmask], dim=-1)
+    tokens = torch.nn.functional.normalize(rh[rmask], dim=-1)
+    c = tokens_a.T @ tokens
+    expected = 3.9e-3 * (c.pow(2).sum() - c.diag().pow(2).sum()) / 3
+    torch.testing.assert_close(value, expected)
+
+
+def test_mutual_information_is_higher_for_paired_than_shuffled_representations():
+    g = torch.Generator().manual_seed(0)
+    sample_codes = torch.randn(8, 1, 16, generator=g)
+    h_a = sample_codes + 0.3 * torch.randn(
+        8, 5, 16, generator=g
+    )  # tokens carry their sample's code
+    final = sample_codes.expand(8, 5, 16) + 0.3 * torch.randn(8, 5, 16, generator=g)
+    mask = torch.ones(8, 5, dtype=torch.bool)
+    paired = -jsd_mutual_information_loss(h_a, final, mask)
+    shuffled = -jsd_mutual_information_loss(h_a, final[torch.randperm(8, generator=g)], mask)
+    assert paired > shuffled + 1.0
+
+
+def test_mutual_information_with_a_single_sample_has_only_the_positive_part():
+    _, h_a, final, mask = random_batch(b=1)
+    scores = h_a[mask] @ final[mask].mean(0)
+    expected = -(torch.log(torch.tensor(2.0, dtype=scores.dtype)) - F.softplus(-scores)).mean()
+    torch.testing.assert_close(jsd_mutual_information_loss(h_a, final, mask), expected)
+
+
+def adapted_t5():
+    torch.manual_seed(0)
+    built = t5()
+    model = add_mixphm(built.model, MixPHMConfig(reduction_factor=4, phm_dim=2, phm_rank=2))
+    model.train()
+    return model, built.batch
+
+
+def t5_masks(batch):
+    encoder = torch.ones_like(batch["input_ids"], dtype=torch.bool)
+    encoder[1, -2:] = False
+    return {"encoder": encoder, "decoder": batch["labels"] != -100}
+
+
+def test_gradients_of_the_regularizer_reach_only_adapter_parameters():
+    model, batch = adapted_t5()
+    regularizer = RedundancyRegularizer(model, RedundancyConfig())
+    assert regularizer.stacks == ["decoder", "encoder"]
+    with regularizer.recording():
+        model(**batch)
+    loss, parts = regularizer.loss(t5_masks(batch))
+    assert set(parts) == {"redundancy", "mutual_information"}
+    loss.backward()
+    adapter_params = {id(p) for _, a in mixphm_adapters(model) for p in a.parameters()}
+    for name, param in model.named_parameters():
+        if id(param) in adapter_params:
+            continue
+        assert param.grad is None, name
+    down_grads = [a.down.left.grad for _, a in mixphm_adapters(model)]
+    assert all(g is not None and g.abs().sum() > 0 for g in down_grads)
+
+
+def test_each_term_switches_off_on_its_own():
+    model, batch = adapted_t5()
+    masks = t5_masks(batch)
+    results = {}
+    for name, config in {
+        "both": RedundancyConfig(alpha=0.2, beta=0.04),
+        "red": RedundancyConfig(alpha=0.2, beta=0.0),
+        "mi": RedundancyConfig(alpha=0.0, beta=0.04),
+    }.items():
+        regularizer = RedundancyRegularizer(model, config)
+        torch.manual_seed(0)
+        with regularizer.recording():
+            model(**batch)
+        results[name] = regularizer.loss(masks)
+    assert set(results["red"][1]) == {"redundancy"} and set(results["mi"][1]) == {
+        "mutual_information"
+    }
+    combined = results["red"][0].item() + results["mi"][0].item()
+    assert combined == pytest.approx(results["both"][0].item(), rel=1e-5)
+
+
+def test_switched_off_regularizer_installs_no_hooks():
+    model, batch = adapted_t5()
+    regularizer = RedundancyRegularizer(model, RedundancyConfig(alpha=0.0, beta=0.0))
+    with regularizer.recording():
+        assert all(not a._forward_hooks for _, a in mixphm_adapters(model))
+        model(**batch)
+    assert regularizer.loss({}) == (0.0, {})
+
+
+def test_hooks_are_removed_after_recording_and_masks_are_required():
+    model, batch = adapted_t5()
+    regularizer = RedundancyRegularizer(model, RedundancyConfig())
+    with regularizer.recording():
+        assert all(a._forward_hooks for _, a in mixphm_adapters(model))
+        model(**batch)
+    assert all(not a._forward_hooks for _, a in mixphm_adapters(model))
+    with pytest.raises(ValueError, match=r"no token mask for the stacks \['decoder'\]"):
+        regularizer.loss({"encoder": t5_masks(batch)["encoder"]})
+
+
+def test_linear_cka_of_self_is_one_and_of_independent_is_near_zero():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 16, generator=g)
+    rotation, _ = torch.linalg.qr(torch.randn(16, 16, generator=g))
+    assert linear_cka(x, x).item() == pytest.approx(1.0)
+    assert linear_cka(x, 3 * x @ rotation).item() == pytest.approx(1.0)  # rotation, scale
+    assert linear_cka(x, torch.randn(2000, 24, generator=g)).item() < 0.02
