@@ -31,3 +31,28 @@ def test_unknown_preset_is_rejected_with_usage(capsys):
         cli.main(["demo", "--presets", "lora"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'lora'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--method", "prompt-tuning", "--k", "16"], "invalid choice: 'prompt-tuning'"),
+        (
+            ["train", "--method", "mixphm", "--k", "16", "--dataset", "coco"],
+            "invalid choice: 'coco'",
+        ),
+        (["train", "--method", "mixphm", "--k", "0"], "must be a positive integer, got 0"),
+        (["benchmark", "--methods", "mixphm", "lorax"], "invalid choice: 'lorax'"),
+    ],
+)
+def test_bad_training_arguments_are_rejected_with_usage(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_k_larger_than_the_pool_is_reported_before_any_work(capsys):
+    assert cli.main(["train", "--method", "mixphm", "--k", "30000"]) == 2
+    error = capsys.readouterr().err
+    assert "k=30000 needs 60000 questions" in error and "has only 38575" in error

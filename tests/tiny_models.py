@@ -218,3 +218,52 @@ BUILDERS: dict[str, Callable[[], Tiny]] = {
     "paligemma": paligemma,
     "qwen2_vl": qwen2_vl,
 }
+
+
+def tiny_vlm(seed: int = 0):
+    """An OfflineVLM with a 2-layer random BERT (width 48, no dropout) and 4 visual tokens
+    of 8 features. Width 48 fits every preset: 48 / 16 = 3, 48 / 12 = 4 (divisible by n)."""
+    from mixphm.backbones.offline_vlm import OfflineVLM, OfflineVLMConfig
+
+    torch.manual_seed(seed)
+    text = tf.BertModel(
+        tf.BertConfig(
+            hidden_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=96,
+            vocab_size=VOCAB,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+    )
+    return OfflineVLM(text, OfflineVLMConfig(visual_dim=8, visual_tokens=4, mask_token_id=4))
+
+
+def tiny_split(rows: int, candidates: int = 5, seed: int = 0):
+    """An EncodedSplit of random questions whose answer is readable from the visual input:
+    candidate i is right when visual token 0 has its largest value at feature i."""
+    from mixphm.data.examples import VQAExample
+    from mixphm.training.data import EncodedSplit
+
+    g = torch.Generator().manual_seed(seed)
+    answers_index = torch.randint(candidates, (rows,), generator=g)
+    visual = torch.randn(rows, 4, 8, generator=g)
+    visual[torch.arange(rows), 0, answers_index] += 4.0
+    ids = torch.randint(10, VOCAB, (rows, 6), generator=g)
+    ids[:, 0], ids[:, -2], ids[:, -1] = 1, 4, 2  # [CLS] … [MASK] [SEP]
+    mask = torch.ones(rows, 6, dtype=torch.long)
+    mask[::3, 3] = 0  # some padding inside the prompt is fine for attention
+    targets = torch.nn.functional.one_hot(answers_index, candidates).float()
+    examples = tuple(
+        VQAExample(f"q{i}", f"i{i}", "?", (f"a{int(a)}",), {f"a{int(a)}": 1.0}, answer_type="t")
+        for i, a in enumerate(answers_index)
+    )
+    return EncodedSplit(examples, ids, mask, visual, targets, "exact")
+
+
+def tiny_candidates(candidates: int = 5):
+    from mixphm.training.data import Candidates
+
+    ids = torch.arange(10, 10 + 2 * candidates).reshape(candidates, 2)
+    return Candidates(tuple(f"a{i}" for i in range(candidates)), ids, torch.ones_like(ids))

@@ -1,52 +1,151 @@
-"""The ``mixphm`` command line."""
+"""The ``mixphm`` command line: a thin layer over the library's recipes."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
 from mixphm.config import PRESETS
+from mixphm.data import K_VALUES, SEEDS, load_easy_vqa, sample_low_resource
+from mixphm.training.methods import METHODS
+from mixphm.training.setup import BACKBONES
+
+DEFAULT_METHODS = ["mixphm", "pfeiffer", "lora", "full"]
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mixphm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+
     demo = commands.add_parser(
-        "demo", help="every adapter preset on the packaged MiniLM: train, merge, save, reload"
+        "demo", help="adapter presets on the packaged MiniLM: train, merge, save, reload"
     )
     demo.add_argument("--output", type=Path, default=Path("results/demo"))
     demo.add_argument("--presets", nargs="+", choices=PRESETS, default=list(PRESETS))
+
     analyze = commands.add_parser(
-        "analyze",
-        help="redundancy per layer: linear CKA between adapter and pretrained representations",
+        "analyze", help="redundancy per layer: CKA(h, h_a) on the default backbone"
     )
     analyze.add_argument("--adapter", type=Path, action="append", default=[], help="saved adapter")
     analyze.add_argument(
-        "--fresh", action="append", default=[], choices=PRESETS, help="freshly initialised preset"
+        "--fresh", action="append", default=[], choices=PRESETS, help="fresh preset"
     )
     analyze.add_argument("--samples", type=int, default=512, help="easy-VQA test questions")
     analyze.add_argument("--output", type=Path, default=Path("results/analysis"))
+
+    commands.add_parser("pretrain", help="build (once) and cache the pretrained offline backbone")
+
+    for name, helptext in (
+        ("train", "train one method at one k and seed on the offline default"),
+        ("benchmark", "methods × k × seeds on the offline default (resumable); writes the table"),
+    ):
+        sub = commands.add_parser(name, help=helptext)
+        sub.add_argument("--dataset", choices=["easy-vqa"], default="easy-vqa")
+        sub.add_argument("--out", type=Path, default=Path("results/easy-vqa"))
+        sub.add_argument(
+            "--test-limit", type=positive_int, default=2000, help="test questions (fixed sample)"
+        )
+        sub.add_argument(
+            "--full-test", action="store_true", help="evaluate on the whole test split"
+        )
+        sub.add_argument("--max-epochs", type=positive_int, default=None)
+        if name == "train":
+            sub.add_argument("--backbone", choices=BACKBONES, default="pretrained")
+            sub.add_argument("--method", choices=METHODS, required=True)
+            sub.add_argument("--k", type=positive_int, required=True)
+            sub.add_argument("--seed", type=int, default=13)
+        else:
+            sub.add_argument("--backbones", nargs="+", choices=BACKBONES, default=["pretrained"])
+            sub.add_argument("--methods", nargs="+", choices=METHODS, default=DEFAULT_METHODS)
+            sub.add_argument("--ks", nargs="+", type=positive_int, default=[16, 64])
+            sub.add_argument("--seeds", nargs="+", type=int, default=[13])
+            sub.add_argument("--workers", type=positive_int, default=2)
+            sub.add_argument(
+                "--zero-shot", action="store_true", help="also score the backbone at k = 0"
+            )
+    predict = commands.add_parser(
+        "predict", help="answer a question about an image with a finished run"
+    )
+    predict.add_argument("--run", type=Path, required=True, help="a run folder (has result.json)")
+    predict.add_argument("--image", type=Path, required=True)
+    predict.add_argument("--question", required=True)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "demo":
-            from mixphm import demo
-
-            demo.run(args.output, tuple(args.presets))
-        elif args.command == "analyze":
-            from mixphm import analysis
-
-            if args.samples < 1:
-                raise ValueError(f"--samples must be ≥ 1, got {args.samples}")
-            analysis.analyze_default_backbone(args.adapter, args.fresh, args.samples, args.output)
+        run(args, "mixphm " + shlex.join(argv))
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"mixphm {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def run(args: argparse.Namespace, command: str) -> None:
+    if args.command == "demo":
+        from mixphm import demo
+
+        demo.run(args.output, tuple(args.presets))
+    elif args.command == "analyze":
+        from mixphm import analysis
+
+        if args.samples < 1:
+            raise ValueError(f"--samples must be ≥ 1, got {args.samples}")
+        analysis.analyze_default_backbone(args.adapter, args.fresh, args.samples, args.output)
+    elif args.command == "predict":
+        from mixphm.training.predict import answer
+
+        for text, probability in answer(args.run, args.image, args.question):
+            print(f"{probability:6.1%}  {text}")
+    elif args.command == "pretrain":
+        from mixphm.pretraining.recipe import PretrainConfig, checkpoint_dir, pretrained_backbone
+
+        pretrained_backbone()
+        print(f"pretrained backbone: {checkpoint_dir(PretrainConfig())}")
+    elif args.command in ("train", "benchmark"):
+        from mixphm.training import benchmark
+        from mixphm.training.recipe import RunSpec
+
+        test_limit = None if args.full_test else args.test_limit
+        if args.command == "train":
+            grid = [(args.backbone, args.method, args.k, args.seed)]
+            workers = 1
+        else:
+            grid = [
+                (b, m, k, s)
+                for b in args.backbones
+                for m in args.methods
+                for k in args.ks
+                for s in args.seeds
+            ]
+            workers = args.workers
+        pool = load_easy_vqa("train")
+        for _, _, k, seed in grid:  # bad k fails here, before any model or feature is built
+            sample_low_resource(pool, k, seed)
+            if k not in K_VALUES:
+                print(f"note: k={k} is outside the paper's protocol {K_VALUES}")
+        specs = [RunSpec(m, k, s, b, args.max_epochs) for b, m, k, s in grid]
+        if args.command == "benchmark" and args.zero_shot:
+            for backbone in args.backbones:
+                benchmark.zero_shot(backbone, args.out, test_limit)
+        results = benchmark.run_grid(specs, args.out, test_limit, workers)
+        summary = benchmark.write_summary(results, args.out, command)
+        for backbone in sorted({spec.backbone for spec in specs}):
+            benchmark.plot(results, args.out, backbone)
+        print(summary.read_text())
+        if any(s not in SEEDS for _, _, _, s in grid):
+            print(f"note: the paper's seeds are {SEEDS}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Backbones: the offline default vision-language model and its frozen image encoder."""

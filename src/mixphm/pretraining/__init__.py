@@ -1,0 +1,1 @@
+"""Vision-language pretraining of the offline default backbone on a generated corpus."""

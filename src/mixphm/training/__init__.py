@@ -1,0 +1,1 @@
+"""The training recipe, the methods it trains, and the low-resource benchmark."""

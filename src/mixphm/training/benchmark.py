@@ -1,0 +1,197 @@
+"""Grids of runs (methods × k × seeds), resumable, and their tables and plots.
+
+Each run lives in ``<out>/runs/<backbone>/<method>/k<k>/seed<seed>/``; a finished run has a
+``result.json`` and is skipped next time, an unfinished one resumes from its checkpoint.
+``runs.csv`` and ``summary.md`` are rebuilt from all finished runs after every grid.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import multiprocessing
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+
+from mixphm.training.recipe import RunResult, RunSpec, accuracy, train, write_json_atomic
+from mixphm.training.setup import OfflineSetup, backbone_factory
+
+_setup: OfflineSetup | None = None
+
+
+def run_dir(out: Path, spec: RunSpec) -> Path:
+    return out / "runs" / spec.backbone / spec.method / f"k{spec.k}" / f"seed{spec.seed}"
+
+
+def _worker_init(test_limit: int | None, threads: int) -> None:
+    global _setup
+    torch.set_num_threads(threads)
+    _setup = OfflineSetup.build(test_limit=test_limit)
+
+
+def _run_one(spec: RunSpec, out: Path) -> RunResult:
+    assert _setup is not None
+    data = _setup.splits(spec.k, spec.seed)
+    return train(spec, backbone_factory(spec.backbone), data, _setup.candidates, run_dir(out, spec))
+
+
+def zero_shot(backbone: str, out: Path, test_limit: int | None) -> RunResult:
+    """Accuracy of the backbone as it is (k = 0): answers by scoring alone."""
+    spec = RunSpec("zero-shot", 0, 0, backbone)
+    path = run_dir(out, spec) / "result.json"
+    if path.is_file():
+        return RunResult(**json.loads(path.read_text()))
+    setup = _setup or OfflineSetup.build(test_limit=test_limit)
+    model = backbone_factory(backbone)()
+    total = sum(p.numel() for p in model.parameters())
+    test_accuracy = accuracy(model, setup.test, setup.candidates)
+    result = RunResult(
+        "zero-shot", 0, 0, backbone, float("nan"), test_accuracy, 0, total, 0.0, 0, -1
+    )
+    write_json_atomic(asdict(result), path)
+    return result
+
+
+def run_grid(
+    specs: Sequence[RunSpec], out: Path, test_limit: int | None = 2000, workers: int = 1
+) -> list[RunResult]:
+    """Train every spec without a result yet; ``workers`` processes share the cores."""
+    todo = [s for s in specs if not (run_dir(out, s) / "result.json").is_file()]
+    print(f"{len(specs) - len(todo)} of {len(specs)} runs already finished; {len(todo)} to go")
+    for backbone in sorted({s.backbone for s in todo}):
+        backbone_factory(backbone)  # build shared artefacts once, before the workers start
+    if todo:
+        threads = max(1, torch.get_num_threads() // workers)
+        context = multiprocessing.get_context("spawn")  # no fork after torch started threads
+        with ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_worker_init, initargs=(test_limit, threads)
+        ) as pool:
+            for result in pool.map(_run_one, todo, [out] * len(todo)):
+                print(
+                    f"{result.method} k={result.k} seed={result.seed} ({result.backbone}): "
+                    f"dev {result.dev_accuracy:.1f}, test {result.test_accuracy:.1f}"
+                )
+    return collect(out)
+
+
+def collect(out: Path) -> list[RunResult]:
+    """Every finished run under ``out``; rewrites ``runs.csv`` from them."""
+    results = [
+        RunResult(**json.loads(p.read_text()))
+        for p in sorted((out / "runs").glob("**/result.json"))
+    ]
+    names = [f.name for f in fields(RunResult)]
+    with (out / "runs.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=names)
+        writer.writeheader()
+        for r in sorted(results, key=lambda r: (r.backbone, r.method, r.k, r.seed)):
+            writer.writerow(asdict(r))
+    return results
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summary_table(results: Iterable[RunResult], backbone: str) -> str:
+    """Markdown: test accuracy mean ± std (n seeds) per method and k; best per k in bold."""
+    cells: dict[tuple[str, int], list[float]] = defaultdict(list)
+    params: dict[str, float] = {}
+    for r in results:
+        if r.backbone == backbone:
+            cells[(r.method, r.k)].append(r.test_accuracy)
+            params[r.method] = 100 * r.trainable_parameters / r.total_parameters
+    methods = sorted({m for m, _ in cells}, key=lambda m: (m != "zero-shot", m))
+    ks = sorted({k for _, k in cells})
+    best = {k: max(mean_std(v)[0] for (m, kk), v in cells.items() if kk == k) for k in ks}
+    lines = [
+        "| method | % trainable | " + " | ".join(f"k={k}" for k in ks) + " |",
+        "|---|---:|" + "---:|" * len(ks),
+    ]
+    for method in methods:
+        row = []
+        for k in ks:
+            values = cells.get((method, k))
+            if not values:
+                row.append("")
+                continue
+            mean, std = mean_std(values)
+            text = f"{mean:.1f} ± {std:.1f} ({len(values)})"
+            row.append(f"**{text}**" if mean == best[k] else text)
+        lines.append(f"| {method} | {params[method]:.3f} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def write_summary(results: list[RunResult], out: Path, command: str) -> Path:
+    backbones = sorted({r.backbone for r in results})
+    parts = [
+        f"Produced by `{command}`.",
+        "Test accuracy (%) on easy-VQA, mean ± std over seeds (number of seeds in brackets);",
+        "the best mean per column is bold.",
+    ]
+    for backbone in backbones:
+        parts += ["", f"### Backbone: {backbone}", "", summary_table(results, backbone)]
+    path = out / "summary.md"
+    path.write_text("\n".join(parts) + "\n")
+    return path
+
+
+def plot(results: list[RunResult], out: Path, backbone: str, k_for_params: int = 64) -> list[Path]:
+    """accuracy_vs_k_<backbone>.png and accuracy_vs_params_<backbone>.png (at
+    ``k_for_params``, the paper's Figure 1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_method: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    share: dict[str, float] = {}
+    for r in results:
+        if r.backbone == backbone and r.method != "zero-shot":
+            by_method[r.method][r.k].append(r.test_accuracy)
+            share[r.method] = 100 * r.trainable_parameters / r.total_parameters
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for method, per_k in sorted(by_method.items()):
+        ks = sorted(per_k)
+        stats = [mean_std(per_k[k]) for k in ks]
+        axes.errorbar(
+            ks,
+            [m for m, _ in stats],
+            yerr=[s for _, s in stats],
+            marker="o",
+            capsize=3,
+            label=method,
+        )
+    axes.set_xscale("log")
+    axes.set_xlabel("k (training questions)")
+    axes.set_ylabel("test accuracy (%)")
+    axes.set_title(f"easy-VQA, {backbone} backbone: accuracy versus k")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    versus_k = out / f"accuracy_vs_k_{backbone}.png"
+    figure.savefig(versus_k, dpi=120)
+    plt.close(figure)
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for method, per_k in sorted(by_method.items()):
+        if k_for_params in per_k:
+            mean, std = mean_std(per_k[k_for_params])
+            axes.errorbar([share[method]], [mean], yerr=[std], marker="o", capsize=3)
+            axes.annotate(method, (share[method], mean), textcoords="offset points", xytext=(5, 5))
+    axes.set_xscale("log")
+    axes.set_xlabel("trainable parameters (% of the model)")
+    axes.set_ylabel("test accuracy (%)")
+    axes.set_title(f"easy-VQA, {backbone} backbone, k = {k_for_params}")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    versus_params = out / f"accuracy_vs_params_{backbone}.png"
+    figure.savefig(versus_params, dpi=120)
+    plt.close(figure)
+    return [versus_k, versus_params]

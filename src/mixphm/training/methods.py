@@ -1,0 +1,95 @@
+"""Every tuning method the benchmark compares, applied to a backbone in place.
+
+- ``full``: every weight trains.
+- ``bitfit``: only bias terms train (Ben Zaken et al. 2022).
+- ``lora``, ``ia3``: through ``peft`` (``inject_adapter_in_model``, so any nn.Module works).
+- ``houlsby``, ``pfeiffer``, ``compacter``, ``adamix``, ``mixphm``: the MixPHM adapter family.
+- ``mixphm-ra``: MixPHM with the redundancy regularizer (its weights come from the config).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from torch import nn
+
+from mixphm.config import MixPHMConfig
+from mixphm.inject import add_mixphm
+from mixphm.regularization import RedundancyConfig
+
+ADAPTER_METHODS = ("houlsby", "pfeiffer", "compacter", "adamix", "mixphm")
+METHODS = ("full", "bitfit", "lora", "ia3", *ADAPTER_METHODS, "mixphm-ra")
+
+# Module names of BERT-style encoders (the offline backbone's text side).
+LORA_TARGETS = r".*\.attention\.self\.(query|value)$"
+IA3_TARGETS = r".*\.(attention\.self\.(key|value)|layer\.\d+\.output\.dense)$"
+IA3_FEEDFORWARD = r".*\.layer\.\d+\.output\.dense$"
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """Hyperparameters of one method, read from ``configs/methods.toml``."""
+
+    lr: float
+    batch_size: int
+    max_epochs: int
+    patience: int
+    warmup: float
+    grad_clip: float
+    weight_decay: float
+    extra: dict[str, Any]
+
+
+def method_settings(method: str) -> MethodSettings:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    text = resources.files("mixphm.configs").joinpath("methods.toml").read_text()
+    table = tomllib.loads(text)
+    merged = {**table["defaults"], **table.get(method, {})}
+    names = ("lr", "batch_size", "max_epochs", "patience", "warmup", "grad_clip", "weight_decay")
+    return MethodSettings(
+        **{n: merged.pop(n) for n in names},  # type: ignore[arg-type]
+        extra=merged,
+    )
+
+
+def regularizer_config(method: str) -> RedundancyConfig | None:
+    """The redundancy regularizer a method trains with, or None."""
+    if method != "mixphm-ra":
+        return None
+    extra = method_settings(method).extra
+    return RedundancyConfig(alpha=extra["alpha"], beta=extra["beta"])
+
+
+def apply_method(model: nn.Module, method: str, seed: int) -> nn.Module:
+    """Make exactly the method's parameters trainable (adding them where needed)."""
+    settings = method_settings(method)
+    if method == "full":
+        return model.requires_grad_(True)
+    if method == "bitfit":
+        model.requires_grad_(False)
+        biases = [p for name, p in model.named_parameters() if name.endswith("bias")]
+        if not biases:
+            raise ValueError(f"{type(model).__name__} has no bias terms: BitFit does not apply")
+        for p in biases:
+            p.requires_grad_(True)
+        return model
+    if method in ("lora", "ia3"):
+        from peft import IA3Config, LoraConfig, inject_adapter_in_model
+
+        model.requires_grad_(False)
+        config: Any
+        if method == "lora":
+            config = LoraConfig(
+                r=settings.extra["rank"],
+                lora_alpha=settings.extra["alpha"],
+                target_modules=LORA_TARGETS,
+            )
+        else:
+            config = IA3Config(target_modules=IA3_TARGETS, feedforward_modules=IA3_FEEDFORWARD)
+        return inject_adapter_in_model(config, model)
+    preset = "mixphm" if method == "mixphm-ra" else method
+    return add_mixphm(model, MixPHMConfig.preset(preset, routing_seed=seed))

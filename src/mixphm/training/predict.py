@@ -1,0 +1,45 @@
+"""``mixphm predict``: answer a question about an image file with a finished run's weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from mixphm.assets import load_minilm
+from mixphm.backbones.offline_vlm import prompt
+from mixphm.backbones.text import encode_candidates, encode_prompts
+from mixphm.backbones.vision import GridFeatureExtractor
+from mixphm.training import checkpoint
+from mixphm.training.methods import apply_method
+from mixphm.training.setup import backbone_factory
+
+
+def answer(run_dir: Path, image_path: Path, question: str, top: int = 3) -> list[tuple[str, float]]:
+    """The ``top`` answers with their probabilities, best first."""
+    for name in ("result.json", "answers.json", "checkpoint.pt"):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir / name} not found: {run_dir} is not a finished run")
+    try:
+        image = Image.open(image_path).convert("RGB")
+    except OSError as error:
+        raise ValueError(f"{image_path}: unreadable image ({error})") from None
+    result = json.loads((run_dir / "result.json").read_text())
+    answers = json.loads((run_dir / "answers.json").read_text())
+    model = apply_method(backbone_factory(result["backbone"])(), result["method"], result["seed"])
+    saved = checkpoint.load(run_dir / "checkpoint.pt")
+    assert saved is not None
+    model.load_state_dict(saved["best"], strict=False)
+    model.eval()
+    tokenizer, _ = load_minilm()
+    ids, mask = encode_prompts(tokenizer, [prompt(question)])
+    visual = GridFeatureExtractor()([image])
+    with torch.no_grad():
+        logits = model(ids, mask, visual, *encode_candidates(tokenizer, answers))
+    probabilities = logits.softmax(-1)[0]
+    best = probabilities.topk(min(top, len(answers)))
+    return [
+        (answers[i], p) for p, i in zip(best.values.tolist(), best.indices.tolist(), strict=True)
+    ]

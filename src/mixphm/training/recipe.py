@@ -1,0 +1,244 @@
+"""The training recipe: one method, one k, one seed, on the offline default backbone.
+
+An explicit loop (accelerate for the device, mixed precision and DDP): AdamW, linear
+warm-up then decay, gradient clipping, the soft-score-weighted answer loss plus the
+redundancy regularizer when the method has it, a dev evaluation after every epoch with
+early stopping, and the best-dev weights evaluated on the test split.
+
+Interrupted runs resume from ``<run_dir>/checkpoint.pt`` (written atomically after every
+epoch) and end exactly as an uninterrupted run: the data order of epoch e depends only on
+(seed, e), and the RNG, optimizer, schedule and routing states are restored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from mixphm.evaluation import Scored, score, summarize
+from mixphm.inject import adapter_router, merge_experts, mixphm_adapters, parameter_counts
+from mixphm.pretraining.recipe import linear_warmup_decay
+from mixphm.regularization import RedundancyConfig, RedundancyRegularizer
+from mixphm.training import checkpoint
+from mixphm.training.data import Candidates, EncodedSplit
+from mixphm.training.methods import apply_method, method_settings, regularizer_config
+
+ENCODER_STACK = "text.encoder"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    method: str
+    k: int
+    seed: int
+    backbone: str = "pretrained"
+    max_epochs: int | None = None
+    """Overrides the method's configured cap (tests and quick runs)."""
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0
+    best_dev: float = -1.0
+    best_epoch: int = -1
+    stale: int = 0
+    dev_history: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    """Mean training loss of every epoch."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    method: str
+    k: int
+    seed: int
+    backbone: str
+    dev_accuracy: float
+    test_accuracy: float
+    trainable_parameters: int
+    total_parameters: int
+    train_seconds: float
+    epochs: int
+    best_epoch: int
+
+
+def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """−Σ_c s_c log p_c averaged over the batch: cross-entropy weighted by soft scores.
+    logits, targets: (B, C)."""
+    return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+
+
+@torch.no_grad()
+def predict(model: Any, split: EncodedSplit, candidates: Candidates, batch: int = 256) -> list[str]:
+    """Argmax candidate per question, with merged adapters and answers encoded once."""
+    model.eval()
+    if any(True for _ in mixphm_adapters(model)):
+        merge_experts(model)
+    device = next(model.parameters()).device
+    answers = model.encode_answers(candidates.ids.to(device), candidates.mask.to(device))
+    predictions: list[str] = []
+    for _, (ids, mask, visual, _) in split.batches(batch):
+        logits = model(
+            ids.to(device), mask.to(device), visual.to(device), answer_embeddings=answers
+        )
+        predictions.extend(candidates.answers[i] for i in logits.argmax(-1).tolist())
+    return predictions
+
+
+def accuracy(model: Any, split: EncodedSplit, candidates: Candidates) -> float:
+    """Accuracy in percent with the split's metric."""
+    predicted = predict(model, split, candidates)
+    report = summarize(
+        Scored(score(e, p, split.metric), e.question_type, e.answer_type)
+        for e, p in zip(split.examples, predicted, strict=True)
+    )
+    return report.overall
+
+
+def trainable_state(model: nn.Module) -> dict[str, Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def train(
+    spec: RunSpec,
+    build_backbone: Callable[[], nn.Module],
+    data: tuple[EncodedSplit, EncodedSplit, EncodedSplit],
+    candidates: Candidates,
+    run_dir: Path,
+    accelerator: Accelerator | None = None,
+) -> RunResult:
+    """Train one run in ``run_dir`` (resuming if it has a checkpoint); returns its result."""
+    train_split, dev_split, test_split = data
+    settings = method_settings(spec.method)
+    max_epochs = spec.max_epochs or settings.max_epochs
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    torch.manual_seed(spec.seed)
+    model: Any = apply_method(build_backbone(), spec.method, spec.seed)
+    no_regularizer = RedundancyConfig(alpha=0.0, beta=0.0)
+    regularizer = RedundancyRegularizer(model, regularizer_config(spec.method) or no_regularizer)
+    trainable, total = parameter_counts(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    steps_per_epoch = math.ceil(len(train_split) / settings.batch_size)
+    total_steps = max_epochs * steps_per_epoch
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: linear_warmup_decay(step, total_steps, settings.warmup)
+    )
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    device = accelerator.device
+    answer_ids, answer_mask = candidates.ids.to(device), candidates.mask.to(device)
+
+    state, best, elapsed = TrainState(), trainable_state(model), 0.0
+    path = run_dir / "checkpoint.pt"
+    saved = checkpoint.load(path)
+    if saved is not None:
+        model.load_state_dict(saved["trainable"], strict=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        torch.set_rng_state(saved["rng"])
+        state, best, elapsed = TrainState(**saved["state"]), saved["best"], saved["elapsed"]
+        if "routing" in saved:
+            adapter_router(model).load_state_dict(saved["routing"])
+
+    progress = tqdm(
+        range(state.epoch, max_epochs),
+        desc=f"{spec.method} k={spec.k} seed={spec.seed}",
+        unit="epoch",
+        disable=not accelerator.is_main_process,
+        mininterval=2.0,
+    )
+    for epoch in progress:
+        started = time.perf_counter()
+        order = torch.randperm(
+            len(train_split), generator=torch.Generator().manual_seed(spec.seed * 100_003 + epoch)
+        )
+        wrapped.train()
+        epoch_loss = torch.zeros((), device=device)
+        for start in range(0, len(order), settings.batch_size):
+            rows = order[start : start + settings.batch_size][
+                accelerator.process_index :: accelerator.num_processes
+            ]
+            ids, mask, visual, targets = (t.to(device) for t in train_split.batch(rows))
+            with regularizer.recording():
+                logits = wrapped(ids, mask, visual, answer_ids, answer_mask)
+            extra, _ = regularizer.loss({ENCODER_STACK: model.encoder_mask(mask)})
+            loss = soft_cross_entropy(logits, targets) + extra
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"{spec.method} k={spec.k} seed={spec.seed}: loss is {loss.item()} in epoch "
+                    f"{epoch}; stopped. The last good checkpoint is {path}"
+                )
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(params, settings.grad_clip)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+            epoch_loss += loss.detach()
+        state.train_loss.append(epoch_loss.item() / steps_per_epoch)
+        elapsed += time.perf_counter() - started
+        dev = accuracy(model, dev_split, candidates)
+        state.dev_history.append(dev)
+        if dev > state.best_dev:
+            state.best_dev, state.best_epoch, state.stale = dev, epoch, 0
+            best = trainable_state(model)
+        else:
+            state.stale += 1
+        state.epoch = epoch + 1
+        progress.set_postfix(dev=f"{dev:.1f}", best=f"{state.best_dev:.1f}")
+        if accelerator.is_main_process:
+            saved_state: dict[str, Any] = {
+                "trainable": trainable_state(model),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "rng": torch.get_rng_state(),
+                "state": asdict(state),
+                "best": best,
+                "elapsed": elapsed,
+            }
+            if any(True for _ in mixphm_adapters(model)):
+                saved_state["routing"] = adapter_router(model).state_dict()
+            checkpoint.save_atomic(saved_state, path)
+        if state.stale >= settings.patience:
+            break
+
+    model.load_state_dict(best, strict=False)
+    result = RunResult(
+        method=spec.method,
+        k=spec.k,
+        seed=spec.seed,
+        backbone=spec.backbone,
+        dev_accuracy=state.best_dev,
+        test_accuracy=accuracy(model, test_split, candidates),
+        trainable_parameters=trainable,
+        total_parameters=total,
+        train_seconds=round(elapsed, 2),
+        epochs=state.epoch,
+        best_epoch=state.best_epoch,
+    )
+    if accelerator.is_main_process:
+        write_json_atomic(list(candidates.answers), run_dir / "answers.json")
+        write_json_atomic(asdict(result), run_dir / "result.json")
+    return result
+
+
+def write_json_atomic(value: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(temporary, path)

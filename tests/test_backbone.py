@@ -1,0 +1,73 @@
+"""The offline default backbone: built from the packaged weights, offline."""
+
+import torch
+from PIL import Image
+
+from mixphm import add_mixphm, mixphm_adapters
+from mixphm.assets import load_minilm
+from mixphm.backbones.offline_vlm import OfflineVLM, prompt
+from mixphm.backbones.text import encode_candidates, encode_prompts
+from mixphm.backbones.vision import GridFeatureExtractor
+from mixphm.training.methods import apply_method
+
+
+def test_grid_features_from_the_packaged_image_encoder():
+    images = [Image.new("RGB", (64, 64), (200, 30, 30)), Image.new("RGB", (64, 64), (30, 30, 200))]
+    features = GridFeatureExtractor()(images)
+    assert features.shape == (2, 16, 1280)
+    assert not torch.allclose(features[0], features[1])  # red and blue differ
+
+
+def packaged_batch():
+    tokenizer, _ = load_minilm()
+    ids, mask = encode_prompts(
+        tokenizer, [prompt("what color is the shape?"), prompt("is it round?")]
+    )
+    answers = encode_candidates(tokenizer, ["red", "blue", "yes", "no"])
+    visual = torch.randn(2, 16, 1280, generator=torch.Generator().manual_seed(0))
+    return tokenizer, ids, mask, visual, answers
+
+
+def test_backbone_builds_offline_and_runs_forward_backward_and_prediction():
+    _, ids, mask, visual, answers = packaged_batch()
+    model = OfflineVLM.from_packages()
+    logits = model(ids, mask, visual, *answers)
+    assert logits.shape == (2, 4)
+    logits.logsumexp(-1).sum().backward()
+    assert model.visual_projection.weight.grad is not None
+    assert model.text.encoder.layer[0].output.dense.weight.grad is not None
+
+
+def test_mixphm_attaches_and_only_adapters_learn():
+    _, ids, mask, visual, answers = packaged_batch()
+    model = add_mixphm(OfflineVLM.from_packages())
+    assert len(list(mixphm_adapters(model))) == 6
+    model.train()
+    model(ids, mask, visual, *answers).logsumexp(-1).sum().backward()
+    for name, param in model.named_parameters():
+        assert (param.grad is not None) == (".mixphm." in name and param.requires_grad), name
+
+
+def test_the_encoder_mask_keeps_visual_tokens_and_drops_text_padding():
+    _, ids, mask, _, _ = packaged_batch()
+    joint = OfflineVLM.from_packages().encoder_mask(mask)
+    assert joint.shape == (2, 16 + ids.shape[1])
+    assert joint[:, 1:17].all()
+    assert joint.sum(1).tolist() == (mask.sum(1) + 16).tolist()
+
+
+def test_save_and_load_pretrained_round_trip(tmp_path):
+    _, ids, mask, visual, answers = packaged_batch()
+    model = OfflineVLM.from_packages(seed=3).eval()
+    model.save_pretrained(tmp_path)
+    loaded = OfflineVLM.from_pretrained(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded(ids, mask, visual, *answers), model(ids, mask, visual, *answers)
+        )
+
+
+def test_bitfit_applies_to_the_backbone():
+    model = apply_method(OfflineVLM.from_packages(), "bitfit", 0)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert names and all(n.endswith("bias") for n in names)
