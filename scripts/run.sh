@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Sets up .venv, then runs the main job on the embedded offline default.
+# Sets up .venv, then runs the main job on the embedded offline default: a small benchmark
+# (MixPHM, Pfeiffer, LoRA, full fine-tuning; k = 16, 64; seed 13) on easy-VQA.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-.venv/bin/mixphm demo "$@"
+.venv/bin/mixphm benchmark --out results/quick "$@"

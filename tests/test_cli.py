@@ -56,3 +56,10 @@ def test_k_larger_than_the_pool_is_reported_before_any_work(capsys):
     assert cli.main(["train", "--method", "mixphm", "--k", "30000"]) == 2
     error = capsys.readouterr().err
     assert "k=30000 needs 60000 questions" in error and "has only 38575" in error
+
+
+def test_predict_needs_a_finished_run(tmp_path, capsys):
+    image = tmp_path / "x.png"
+    args = ["predict", "--run", str(tmp_path), "--image", str(image), "--question", "what?"]
+    assert cli.main(args) == 2
+    assert "result.json not found" in capsys.readouterr().err

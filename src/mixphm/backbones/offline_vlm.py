@@ -122,11 +122,12 @@ class OfflineVLM(nn.Module):
         query = self.encode_query(input_ids, attention_mask, visual)
         return self.log_logit_scale.exp() * query @ answer_embeddings.T
 
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def save_pretrained(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+        """Config and weights (stored as ``dtype``; bfloat16 halves the file)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"vlm": asdict(self.config), "text": self.text.config.to_dict()}
-        tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        tensors = {k: v.detach().to(dtype).contiguous() for k, v in self.state_dict().items()}
         save_file(tensors, str(directory / WEIGHTS_FILE))
         (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
         return directory
@@ -142,7 +143,7 @@ class OfflineVLM(nn.Module):
         meta: dict[str, Any] = json.loads((directory / CONFIG_FILE).read_text())
         text = BertModel(BertConfig.from_dict(meta["text"]))
         model = cls(text, OfflineVLMConfig(**meta["vlm"]))
-        state = load_file(str(directory / WEIGHTS_FILE))
+        state = {k: v.float() for k, v in load_file(str(directory / WEIGHTS_FILE)).items()}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(

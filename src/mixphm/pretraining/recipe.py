@@ -3,8 +3,11 @@
 Starts from MiniLM (packaged) and fresh visual layers, and trains everything but the word
 embedding matrix on the generated corpus (``corpus.py``): fill a masked concept of a
 caption, and tell matching from corrupted captions, both by scoring the corpus vocabulary
-through the text side. Deterministic for a seed on a given machine; the checkpoint is
-cached under ``$MIXPHM_CACHE`` (default ``~/.cache/mixphm``) and reused.
+through the text side. Deterministic for a seed on a given machine.
+
+The checkpoint (bfloat16, 45 MB) is looked up in ``checkpoints/`` of the source checkout
+(the repository ships the one its results were made with), then under ``$MIXPHM_CACHE``
+(default ``~/.cache/mixphm``); if neither has it, it is built there and reused.
 """
 
 from __future__ import annotations
@@ -49,8 +52,16 @@ def cache_root() -> Path:
     return Path(os.environ.get("MIXPHM_CACHE", Path.home() / ".cache" / "mixphm"))
 
 
+SHIPPED = Path(__file__).resolve().parents[3] / "checkpoints"
+
+
 def checkpoint_dir(config: PretrainConfig) -> Path:
-    return cache_root() / "pretrained" / f"offline-vlm-{config.key()}"
+    """Where the checkpoint of ``config`` is: shipped with the checkout, else in the cache."""
+    name = f"offline-vlm-{config.key()}"
+    shipped = SHIPPED / name
+    return (
+        shipped if (shipped / "pretrain_log.json").is_file() else cache_root() / "pretrained" / name
+    )
 
 
 def linear_warmup_decay(step: int, total: int, warmup: float) -> float:
@@ -110,7 +121,7 @@ def pretrain(config: PretrainConfig, output: Path | None = None) -> tuple[Offlin
         progress.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
     model.eval()
     if output is not None:
-        model.cpu().save_pretrained(output)
+        model.cpu().save_pretrained(output, dtype=torch.bfloat16)
         log = {"config": asdict(config), "losses": losses}
         (output / "pretrain_log.json").write_text(json.dumps(log) + "\n")
     return model, losses

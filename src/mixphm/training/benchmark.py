@@ -38,7 +38,10 @@ def _worker_init(test_limit: int | None, threads: int) -> None:
 def _run_one(spec: RunSpec, out: Path) -> RunResult:
     assert _setup is not None
     data = _setup.splits(spec.k, spec.seed)
-    return train(spec, backbone_factory(spec.backbone), data, _setup.candidates, run_dir(out, spec))
+    directory = run_dir(out, spec)
+    result = train(spec, backbone_factory(spec.backbone), data, _setup.candidates, directory)
+    (directory / "checkpoint.pt").unlink()  # finished: best.safetensors and result.json remain
+    return result
 
 
 def zero_shot(backbone: str, out: Path, test_limit: int | None) -> RunResult:

@@ -7,19 +7,20 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from mixphm.assets import load_minilm
 from mixphm.backbones.offline_vlm import prompt
 from mixphm.backbones.text import encode_candidates, encode_prompts
 from mixphm.backbones.vision import GridFeatureExtractor
-from mixphm.training import checkpoint
 from mixphm.training.methods import apply_method
+from mixphm.training.recipe import BEST_FILE
 from mixphm.training.setup import backbone_factory
 
 
 def answer(run_dir: Path, image_path: Path, question: str, top: int = 3) -> list[tuple[str, float]]:
     """The ``top`` answers with their probabilities, best first."""
-    for name in ("result.json", "answers.json", "checkpoint.pt"):
+    for name in ("result.json", "answers.json", BEST_FILE):
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{run_dir / name} not found: {run_dir} is not a finished run")
     try:
@@ -29,9 +30,7 @@ def answer(run_dir: Path, image_path: Path, question: str, top: int = 3) -> list
     result = json.loads((run_dir / "result.json").read_text())
     answers = json.loads((run_dir / "answers.json").read_text())
     model = apply_method(backbone_factory(result["backbone"])(), result["method"], result["seed"])
-    saved = checkpoint.load(run_dir / "checkpoint.pt")
-    assert saved is not None
-    model.load_state_dict(saved["best"], strict=False)
+    model.load_state_dict(load_file(str(run_dir / BEST_FILE)), strict=False)
     model.eval()
     tokenizer, _ = load_minilm()
     ids, mask = encode_prompts(tokenizer, [prompt(question)])

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -36,6 +37,8 @@ from mixphm.training.data import Candidates, EncodedSplit
 from mixphm.training.methods import apply_method, method_settings, regularizer_config
 
 ENCODER_STACK = "text.encoder"
+BEST_FILE = "best.safetensors"
+"""The best-dev trainable weights of a finished run (what ``mixphm predict`` loads)."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -50,6 +53,8 @@ class RunSpec:
     backbone: str = "pretrained"
     max_epochs: int | None = None
     """Overrides the method's configured cap (tests and quick runs)."""
+    mixed_precision: str = "no"
+    """accelerate's mixed precision: "no", "bf16" or "fp16"."""
 
 
 @dataclass
@@ -127,7 +132,9 @@ def train(
     train_split, dev_split, test_split = data
     settings = method_settings(spec.method)
     max_epochs = spec.max_epochs or settings.max_epochs
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = accelerator or Accelerator(
+        cpu=not torch.cuda.is_available(), mixed_precision=spec.mixed_precision
+    )
     torch.manual_seed(spec.seed)
     model: Any = apply_method(build_backbone(), spec.method, spec.seed)
     no_regularizer = RedundancyConfig(alpha=0.0, beta=0.0)
@@ -232,6 +239,7 @@ def train(
         best_epoch=state.best_epoch,
     )
     if accelerator.is_main_process:
+        save_file({n: t.contiguous() for n, t in best.items()}, str(run_dir / BEST_FILE))
         write_json_atomic(list(candidates.answers), run_dir / "answers.json")
         write_json_atomic(asdict(result), run_dir / "result.json")
     return result
