@@ -122,12 +122,13 @@ def run(args: argparse.Namespace, command: str) -> None:
             grid = [(args.backbone, args.method, args.k, args.seed)]
             workers = 1
         else:
+            # k-major order: an interrupted grid leaves whole columns, every method alike
             grid = [
                 (b, m, k, s)
-                for b in args.backbones
-                for m in args.methods
                 for k in args.ks
                 for s in args.seeds
+                for m in args.methods
+                for b in args.backbones
             ]
             workers = args.workers
         pool = load_easy_vqa("train")

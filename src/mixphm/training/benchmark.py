@@ -134,7 +134,7 @@ def summary_table(results: Iterable[RunResult], backbone: str) -> str:
 def write_summary(results: list[RunResult], out: Path, command: str) -> Path:
     backbones = sorted({r.backbone for r in results})
     parts = [
-        f"Produced by `{command}`.",
+        f"Produced by `{command}` (finished runs already in the folder are included).",
         "Test accuracy (%) on easy-VQA, mean ± std over seeds (number of seeds in brackets);",
         "the best mean per column is bold.",
     ]
