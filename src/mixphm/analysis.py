@@ -56,9 +56,13 @@ def redundancy_by_layer(
     return rows
 
 
-def write_report(runs: Mapping[str, list[LayerRedundancy]], directory: Path) -> tuple[Path, Path]:
+def write_report(
+    runs: Mapping[str, list[LayerRedundancy]],
+    lines: Mapping[str, list[LayerRedundancy]],
+    directory: Path,
+) -> tuple[Path, Path]:
     """``redundancy.csv`` (one row per run and layer) and ``redundancy.png`` (CKA per layer,
-    one line per run) in ``directory``."""
+    one line per entry of ``lines``) in ``directory``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,7 +77,7 @@ def write_report(runs: Mapping[str, list[LayerRedundancy]], directory: Path) -> 
             for i, row in enumerate(rows):
                 writer.writerow([run, i, row.layer, row.stack, f"{row.cka:.4f}", row.tokens])
     figure, axes = plt.subplots(figsize=(7, 4))
-    for run, rows in runs.items():
+    for run, rows in lines.items():
         axes.plot(range(len(rows)), [r.cka for r in rows], marker="o", label=run)
     axes.set_xlabel("adapter layer (module order)")
     axes.set_ylabel("linear CKA(h, h_a)")
@@ -99,35 +103,64 @@ def format_rows(runs: Mapping[str, list[LayerRedundancy]]) -> str:
     return "\n".join(lines)
 
 
-def analyze_default_backbone(
-    adapters: list[Path], presets: list[str], samples: int, output: Path, batch_size: int = 64
+def analyze(
+    runs: list[Path], fresh: list[str], samples: int, output: Path, batch_size: int = 128
 ) -> dict[str, list[LayerRedundancy]]:
-    """CKA per layer on the offline default backbone (the packaged MiniLM) over the first
-    ``samples`` easy-VQA test questions, for saved adapters and freshly initialised presets."""
-    from mixphm.assets import load_minilm, text_batches
+    """CKA per layer on the offline default backbone over ``samples`` easy-VQA test
+    questions (with their images): for finished runs (``runs``) and for fresh presets on
+    the pretrained backbone. Runs of one method are averaged into one line of the plot."""
+    from mixphm.assets import load_minilm
     from mixphm.config import MixPHMConfig
     from mixphm.data import load_easy_vqa
     from mixphm.inject import add_mixphm
-    from mixphm.serialization import load_adapter
+    from mixphm.pretraining.recipe import cache_root
+    from mixphm.training.data import Candidates, candidate_answers, encode_split, image_features
+    from mixphm.training.predict import load_run
+    from mixphm.training.setup import backbone_factory
 
-    questions = [e.question for e in load_easy_vqa("test").examples[:samples]]
-    runs: dict[str, list[LayerRedundancy]] = {}
-    for preset in presets:
+    full_test = load_easy_vqa("test")
+    sample = full_test.subset([e.question_id for e in full_test.examples[:samples]], "test")
+    tokenizer, _ = load_minilm()
+    features = image_features(sample, cache_root() / "features")
+    candidates = Candidates.from_answers(tokenizer, candidate_answers(sample))
+    test = encode_split(sample, tokenizer, candidates, features)
+    per_run: dict[str, list[LayerRedundancy]] = {}
+    for preset in fresh:
         torch.manual_seed(0)
-        tokenizer, model = load_minilm()
-        add_mixphm(model, MixPHMConfig.preset(preset))
-        runs[f"fresh {preset}"] = redundancy_by_layer(
-            model, text_batches(tokenizer, questions, batch_size)
+        model = add_mixphm(backbone_factory("pretrained")(), MixPHMConfig.preset(preset))
+        per_run[f"fresh {preset}"] = redundancy_by_layer(
+            model, vlm_batches(model, test, batch_size)
         )
-    for directory in adapters:
-        tokenizer, model = load_minilm()
-        load_adapter(model, directory)
-        runs[directory.name] = redundancy_by_layer(
-            model, text_batches(tokenizer, questions, batch_size)
-        )
-    if not runs:
-        raise ValueError("nothing to analyze: give --adapter DIR and/or --fresh PRESET")
-    table, plot = write_report(runs, output)
-    print(format_rows(runs))
-    print(f"wrote {table} and {plot}")
-    return runs
+    for directory in runs:
+        model, _, result = load_run(directory)
+        label = f"{result['method']} k={result['k']} seed={result['seed']}"
+        per_run[label] = redundancy_by_layer(model, vlm_batches(model, test, batch_size))
+    if not per_run:
+        raise ValueError("nothing to analyze: give --run DIR and/or --fresh PRESET")
+    grouped: dict[str, list[list[LayerRedundancy]]] = defaultdict(list)
+    for label, rows in per_run.items():
+        grouped[label.split(" seed=")[0]].append(rows)
+    means = {
+        group: [
+            LayerRedundancy(
+                rows[0][i].layer,
+                rows[0][i].stack,
+                sum(r[i].cka for r in rows) / len(rows),
+                rows[0][i].tokens,
+            )
+            for i in range(len(rows[0]))
+        ]
+        for group, rows in grouped.items()
+    }
+    write_report(per_run, means, output)
+    print(format_rows(means))
+    return means
+
+
+def vlm_batches(model: Any, split: Any, batch_size: int) -> Iterable[Batch]:
+    """(model inputs, {"text.encoder": joint valid-token mask}) for the offline backbone."""
+    answer_ids = torch.arange(1, 3).unsqueeze(0)  # any candidate: only the query is analysed
+    for _, (ids, mask, visual, _) in split.batches(batch_size):
+        inputs = {"input_ids": ids, "attention_mask": mask, "visual": visual}
+        inputs |= {"answer_ids": answer_ids, "answer_mask": torch.ones_like(answer_ids)}
+        yield inputs, {"text.encoder": model.encoder_mask(mask)}

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor, nn
+from torch import nn
 
 
 def minilm_path() -> Path:
@@ -26,12 +25,3 @@ def load_minilm(**config_overrides: Any) -> tuple[Any, nn.Module]:
 
     path = str(minilm_path())
     return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path, **config_overrides)
-
-
-def text_batches(
-    tokenizer: Any, texts: list[str], batch_size: int
-) -> Iterator[tuple[dict[str, Tensor], dict[str, Tensor]]]:
-    """(model inputs, {"encoder": valid-token mask (B, L)}) for a BERT-style encoder."""
-    for start in range(0, len(texts), batch_size):
-        inputs = tokenizer(texts[start : start + batch_size], padding=True, return_tensors="pt")
-        yield dict(inputs), {"encoder": inputs["attention_mask"].bool()}

@@ -35,10 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = commands.add_parser(
         "analyze", help="redundancy per layer: CKA(h, h_a) on the default backbone"
     )
-    analyze.add_argument("--adapter", type=Path, action="append", default=[], help="saved adapter")
-    analyze.add_argument(
-        "--fresh", action="append", default=[], choices=PRESETS, help="fresh preset"
-    )
+    analyze.add_argument("--run", type=Path, nargs="+", default=[], help="finished run folders")
+    analyze.add_argument("--fresh", nargs="+", default=[], choices=PRESETS, help="fresh presets")
     analyze.add_argument("--samples", type=int, default=512, help="easy-VQA test questions")
     analyze.add_argument("--output", type=Path, default=Path("results/analysis"))
 
@@ -102,7 +100,7 @@ def run(args: argparse.Namespace, command: str) -> None:
 
         if args.samples < 1:
             raise ValueError(f"--samples must be ≥ 1, got {args.samples}")
-        analysis.analyze_default_backbone(args.adapter, args.fresh, args.samples, args.output)
+        analysis.analyze(args.run, args.fresh, args.samples, args.output)
     elif args.command == "predict":
         from mixphm.training.predict import answer
 

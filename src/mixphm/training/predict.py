@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -18,20 +19,26 @@ from mixphm.training.recipe import BEST_FILE
 from mixphm.training.setup import backbone_factory
 
 
-def answer(run_dir: Path, image_path: Path, question: str, top: int = 3) -> list[tuple[str, float]]:
-    """The ``top`` answers with their probabilities, best first."""
+def load_run(run_dir: Path) -> tuple[Any, list[str], dict[str, Any]]:
+    """(model with the run's best-dev weights, in eval mode; its candidate answers; its
+    result record) of a finished run."""
     for name in ("result.json", "answers.json", BEST_FILE):
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{run_dir / name} not found: {run_dir} is not a finished run")
-    try:
-        image = Image.open(image_path).convert("RGB")
-    except OSError as error:
-        raise ValueError(f"{image_path}: unreadable image ({error})") from None
     result = json.loads((run_dir / "result.json").read_text())
     answers = json.loads((run_dir / "answers.json").read_text())
     model = apply_method(backbone_factory(result["backbone"])(), result["method"], result["seed"])
     model.load_state_dict(load_file(str(run_dir / BEST_FILE)), strict=False)
-    model.eval()
+    return model.eval(), answers, result
+
+
+def answer(run_dir: Path, image_path: Path, question: str, top: int = 3) -> list[tuple[str, float]]:
+    """The ``top`` answers with their probabilities, best first."""
+    model, answers, _ = load_run(run_dir)
+    try:
+        image = Image.open(image_path).convert("RGB")
+    except OSError as error:
+        raise ValueError(f"{image_path}: unreadable image ({error})") from None
     tokenizer, _ = load_minilm()
     ids, mask = encode_prompts(tokenizer, [prompt(question)])
     visual = GridFeatureExtractor()([image])

@@ -167,7 +167,7 @@ def train(
         range(state.epoch, max_epochs),
         desc=f"{spec.method} k={spec.k} seed={spec.seed}",
         unit="epoch",
-        disable=not accelerator.is_main_process,
+        disable=None if accelerator.is_main_process else True,  # None: only on a terminal
         mininterval=2.0,
     )
     for epoch in progress:
