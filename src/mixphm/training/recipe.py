@@ -159,12 +159,15 @@ def train(
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
         torch.set_rng_state(saved["rng"])
+        if "cuda_rng" in saved:
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
         state, best, elapsed = TrainState(**saved["state"]), saved["best"], saved["elapsed"]
         if "routing" in saved:
             adapter_router(model).load_state_dict(saved["routing"])
 
+    stopped_early = state.stale >= settings.patience  # a run that crashed after stopping
     progress = tqdm(
-        range(state.epoch, max_epochs),
+        range(state.epoch, state.epoch if stopped_early else max_epochs),
         desc=f"{spec.method} k={spec.k} seed={spec.seed}",
         unit="epoch",
         disable=None if accelerator.is_main_process else True,  # None: only on a terminal
@@ -218,6 +221,8 @@ def train(
                 "best": best,
                 "elapsed": elapsed,
             }
+            if torch.cuda.is_available():
+                saved_state["cuda_rng"] = torch.cuda.get_rng_state_all()
             if any(True for _ in mixphm_adapters(model)):
                 saved_state["routing"] = adapter_router(model).state_dict()
             checkpoint.save_atomic(saved_state, path)

@@ -54,13 +54,15 @@ class OfflineSetup:
                 f"unknown dataset {dataset!r}; the offline default has {', '.join(DATASETS)}"
             )
         tokenizer, _ = load_minilm()
-        pool, test = load_easy_vqa("train"), load_easy_vqa("test")
-        if test_limit is not None and test_limit < len(test):
-            ids = [e.question_id for e in test.examples]
+        pool, full_test = load_easy_vqa("train"), load_easy_vqa("test")
+        test = full_test
+        if test_limit is not None and test_limit < len(full_test):
+            ids = [e.question_id for e in full_test.examples]
             random.Random(TEST_SUBSET_SEED).shuffle(ids)
-            test = test.subset(sorted(ids[:test_limit], key=lambda q: int(q.split("-")[1])), "test")
+            chosen = set(ids[:test_limit])
+            test = full_test.subset([q for q in full_test.by_id if q in chosen], "test")
         cache = cache_root() / "features"
-        features = {**image_features(pool, cache), **image_features(load_easy_vqa("test"), cache)}
+        features = {**image_features(pool, cache), **image_features(full_test, cache)}
         candidates = Candidates.from_answers(tokenizer, candidate_answers(pool))
         return cls(
             tokenizer,
@@ -73,5 +75,8 @@ class OfflineSetup:
     def splits(self, k: int, seed: int) -> tuple[EncodedSplit, EncodedSplit, EncodedSplit]:
         """(D_train, D_dev, test) for one run of the protocol."""
         sampled = sample_low_resource(self.pool, k, seed)
-        encode = lambda d: encode_split(d, self.tokenizer, self.candidates, self.features)  # noqa: E731
-        return encode(sampled.train), encode(sampled.dev), self.test
+        train, dev = (
+            encode_split(d, self.tokenizer, self.candidates, self.features)
+            for d in (sampled.train, sampled.dev)
+        )
+        return train, dev, self.test

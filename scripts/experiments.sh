@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The experiments whose results are committed under results/, in the order they were run.
+# Every command is resumable: finished runs are skipped, unfinished ones resume.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+mixphm=.venv/bin/mixphm
+seeds="13 21 42 87 100"
+
+# 1. Does pretraining help? Zero-shot, MixPHM and full fine-tuning at k = 16, 64 with the
+#    pretrained backbone and with the un-pretrained composition of the same encoders.
+$mixphm benchmark --out results/easy-vqa --backbones pretrained unpretrained \
+    --methods mixphm full --ks 16 64 --seeds $seeds --zero-shot --workers 2
+
+# 2. The redundancy regularizer: MixPHM with it at k = 64, then CKA(h, h_a) per layer for
+#    fresh adapters and for the trained runs with and without it.
+$mixphm benchmark --out results/easy-vqa --methods mixphm-ra --ks 64 --seeds $seeds --workers 2
+runs=()
+for method in mixphm mixphm-ra; do
+    for seed in $seeds; do runs+=("results/easy-vqa/runs/pretrained/$method/k64/seed$seed"); done
+done
+$mixphm analyze --fresh mixphm --run "${runs[@]}" --samples 512 --output results/redundancy
+
+# 3. The low-resource table: every method, k = 16 and 64 first (larger k as time allows).
+$mixphm benchmark --out results/easy-vqa --ks 16 64 --seeds $seeds --workers 2 \
+    --methods full bitfit lora ia3 houlsby pfeiffer compacter adamix mixphm mixphm-ra
