@@ -1,0 +1,299 @@
+"""Speed and memory of MixPHM against its baselines, measured side by side in one process.
+
+    python benchmarks/speed.py --output benchmarks/results/cpu.json            # VL-T5 sized
+    python benchmarks/speed.py --backbone offline --output benchmarks/results/cpu-offline.json
+
+The VL-T5-sized backbone is T5-base with random weights (timing does not need trained ones):
+20 text tokens and 36 visual tokens enter the encoder as embeddings, batch 16, 8 answer
+tokens. Every number is the median of ``--reps`` repetitions after ``--warmup``.
+
+Memory: on CUDA the peak allocated memory of a training step; on the CPU, where PyTorch keeps
+no peak counter, the bytes a training step must hold: weights, gradients, optimizer state and
+the activations saved for the backward pass (counted with saved-tensor hooks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import transformers as tf
+from torch import Tensor, nn
+
+from mixphm import MixPHMConfig, add_mixphm, merge_experts
+from mixphm.phm import PHMProjection, PHMRule
+
+
+@dataclass
+class Workload:
+    build: Callable[[], nn.Module]
+    inputs: dict[str, Tensor]
+    loss: Callable[[nn.Module, dict[str, Tensor]], Tensor]
+
+
+def t5_workload(device: torch.device, dtype: torch.dtype, tiny: bool = False) -> Workload:
+    """T5-base shapes (or a 2-layer d = 48 model for smoke tests), 56 input embeddings."""
+    width, layers, vocab = (48, 2, 512) if tiny else (768, 12, 32128)
+    config = tf.T5Config(
+        d_model=width,
+        d_ff=4 * width,
+        num_layers=layers,
+        num_decoder_layers=layers,
+        num_heads=12,
+        d_kv=width // 12,
+        vocab_size=vocab,
+        decoder_start_token_id=0,
+        dropout_rate=0.0,
+    )
+    g = torch.Generator().manual_seed(0)
+    inputs = {
+        "inputs_embeds": torch.randn(16, 56, width, generator=g).to(device, dtype),
+        "labels": torch.randint(3, vocab, (16, 8), generator=g).to(device),
+    }
+
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        return tf.T5ForConditionalGeneration(config).to(device, dtype)
+
+    return Workload(build, inputs, lambda model, batch: model(**batch).loss)
+
+
+def offline_workload(device: torch.device, dtype: torch.dtype) -> Workload:
+    from mixphm.pretraining.recipe import pretrained_backbone
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 2000, (16, 14), generator=g)
+    ids[:, 0], ids[:, -2], ids[:, -1] = 101, 103, 102
+    inputs = {
+        "input_ids": ids.to(device),
+        "attention_mask": torch.ones_like(ids).to(device),
+        "visual": torch.randn(16, 16, 1280, generator=g).to(device, dtype),
+        "answer_ids": torch.randint(1000, 2000, (13, 3), generator=g).to(device),
+        "answer_mask": torch.ones(13, 3, dtype=torch.long).to(device),
+    }
+
+    def loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        return F.cross_entropy(
+            model(**batch).float(), torch.zeros(16, dtype=torch.long, device=device)
+        )
+
+    return Workload(lambda: pretrained_backbone().to(device, dtype), inputs, loss)
+
+
+def with_method(workload: Workload, method: str) -> nn.Module:
+    model = workload.build()
+    if method in ("mixphm", "pfeiffer"):
+        return add_mixphm(model, MixPHMConfig.preset(method, dropout=0.0))
+    if method == "lora":
+        from peft import LoraConfig, inject_adapter_in_model
+
+        model.requires_grad_(False)
+        targets = ["q", "v"] if isinstance(model, tf.T5PreTrainedModel) else ["query", "value"]
+        return inject_adapter_in_model(
+            LoraConfig(r=8, lora_alpha=16, target_modules=targets), model
+        )
+    if method == "full":
+        return model.requires_grad_(True)
+    return model.requires_grad_(False)  # "floor" and "base"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_seconds(step: Callable[[], Any], device: torch.device, warmup: int, reps: int) -> float:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(reps):
+        synchronize(device)
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def train_step(workload: Workload, model: nn.Module, floor: bool) -> tuple[Callable[[], None], Any]:
+    """One forward + backward (+ AdamW step when anything trains). The floor makes the
+    inputs require grad instead, so backward runs through the frozen model only."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4) if params else None
+    batch = dict(workload.inputs)
+    if floor:
+        key = "inputs_embeds" if "inputs_embeds" in batch else "visual"
+        batch[key] = batch[key].clone().requires_grad_(True)
+    model.train()
+
+    def step() -> None:
+        workload.loss(model, batch).backward()
+        if optimizer is not None:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    return step, optimizer
+
+
+def training_bytes(workload: Workload, model: nn.Module, device: torch.device) -> int:
+    step, optimizer = train_step(workload, model, floor=False)
+    step()  # optimizer state exists after the first step
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        return int(torch.cuda.max_memory_allocated())
+    saved = 0
+
+    def pack(tensor: Tensor) -> Tensor:
+        nonlocal saved
+        saved += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = workload.loss(model, workload.inputs)
+    loss.backward()
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    state = 0
+    if optimizer is not None:
+        state = sum(
+            v.numel() * v.element_size()
+            for s in optimizer.state.values()
+            for v in s.values()
+            if isinstance(v, Tensor)
+        )
+    return weights + grads + state + saved
+
+
+def naive_phm_forward(x: Tensor, rule: Tensor, left: Tensor, right: Tensor, bias: Tensor) -> Tensor:
+    """The reference code's way: rebuild W = Σ kron(S_i, T_i U_i) on every call."""
+    weight = sum(torch.kron(rule[i], left[i] @ right[i]) for i in range(rule.shape[0]))
+    return x @ weight + bias
+
+
+def phm_layer(device: torch.device, dtype: torch.dtype, warmup: int, reps: int) -> dict[str, float]:
+    """768 → 64, n = 4, rank 8, 16 × 56 tokens: forward + backward, and cached inference."""
+    torch.manual_seed(0)
+    rule = PHMRule(4).to(device, dtype)
+    projection = PHMProjection(768, 64, 1, 4, 8, rule).to(device, dtype)
+    x = torch.randn(16 * 56, 768, device=device, dtype=dtype)
+    left, right, bias = projection.left[0], projection.right[0], projection.bias[0]
+
+    def ours_train() -> None:
+        weight_t, b = projection.expert(0)
+        F.linear(x, weight_t, b).sum().backward()
+
+    def naive_train() -> None:
+        naive_phm_forward(x, rule.S, left, right, bias).sum().backward()
+
+    with torch.no_grad():
+        cached_weight, cached_bias = projection.merged("factors")
+
+    def ours_infer() -> None:
+        with torch.no_grad():
+            F.linear(x, cached_weight, cached_bias)
+
+    def naive_infer() -> None:
+        with torch.no_grad():
+            naive_phm_forward(x, rule.S, left, right, bias)
+
+    assert torch.allclose(
+        naive_phm_forward(x, rule.S, left, right, bias),
+        F.linear(x, *projection.expert(0)),
+        atol=1e-4,
+        rtol=1e-3,
+    ), "the two PHM implementations disagree"
+    return {
+        "phm_train_ours_ms": 1e3 * median_seconds(ours_train, device, warmup, reps),
+        "phm_train_naive_ms": 1e3 * median_seconds(naive_train, device, warmup, reps),
+        "phm_infer_ours_ms": 1e3 * median_seconds(ours_infer, device, warmup, reps),
+        "phm_infer_naive_ms": 1e3 * median_seconds(naive_infer, device, warmup, reps),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--backbone", choices=["vlt5", "offline", "tiny"], default="vlt5")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--output", type=Path, required=True)
+    args = parser.parse_args(argv)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    if args.backbone == "offline":
+        workload = offline_workload(device, dtype)
+    else:
+        workload = t5_workload(device, dtype, tiny=args.backbone == "tiny")
+
+    timings: dict[str, float] = {}
+    for method in ("mixphm", "lora", "pfeiffer", "full", "floor"):
+        model = with_method(workload, method)
+        step, _ = train_step(workload, model, floor=method == "floor")
+        timings[f"train_{method}_ms"] = 1e3 * median_seconds(step, device, args.warmup, args.reps)
+        print(f"train {method}: {timings[f'train_{method}_ms']:.1f} ms", file=sys.stderr)
+    for method in ("mixphm", "pfeiffer", "base"):
+        model = with_method(workload, method).eval()
+        if method == "mixphm":
+            merge_experts(model)
+
+        def forward(model: nn.Module = model) -> None:
+            with torch.no_grad():
+                workload.loss(model, workload.inputs)
+
+        timings[f"infer_{method}_ms"] = 1e3 * median_seconds(
+            forward, device, args.warmup, args.reps
+        )
+        print(f"infer {method}: {timings[f'infer_{method}_ms']:.1f} ms", file=sys.stderr)
+    memory = {
+        f"peak_bytes_{m}": training_bytes(workload, with_method(workload, m), device)
+        for m in ("mixphm", "full")
+    }
+    timings |= phm_layer(device, dtype, args.warmup, max(args.reps, 20))
+    ratios = {
+        "train_mixphm_over_lora": timings["train_mixphm_ms"] / timings["train_lora_ms"],
+        "train_mixphm_over_full": timings["train_mixphm_ms"] / timings["train_full_ms"],
+        "train_mixphm_over_floor": timings["train_mixphm_ms"] / timings["train_floor_ms"],
+        "infer_merged_over_adapter": timings["infer_mixphm_ms"] / timings["infer_pfeiffer_ms"],
+        "infer_merged_over_base": timings["infer_mixphm_ms"] / timings["infer_base_ms"],
+        "phm_layer_speedup_over_naive": timings["phm_train_naive_ms"]
+        / timings["phm_train_ours_ms"],
+        "phm_layer_inference_speedup_over_naive": timings["phm_infer_naive_ms"]
+        / timings["phm_infer_ours_ms"],
+        "peak_memory_mixphm_over_full": memory["peak_bytes_mixphm"] / memory["peak_bytes_full"],
+    }
+    report = {
+        "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        },
+        "backbone": args.backbone,
+        "dtype": args.dtype,
+        "ratios": ratios,
+        "timings_ms": timings,
+        "memory_bytes": memory,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(ratios, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()

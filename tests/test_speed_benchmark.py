@@ -1,0 +1,32 @@
+"""The speed benchmark runs end to end and reports every ratio the targets need."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "speed.py"
+RATIOS = {
+    "train_mixphm_over_lora",
+    "train_mixphm_over_full",
+    "train_mixphm_over_floor",
+    "infer_merged_over_adapter",
+    "infer_merged_over_base",
+    "phm_layer_speedup_over_naive",
+    "peak_memory_mixphm_over_full",
+}
+
+
+def test_speed_benchmark_on_a_tiny_t5(tmp_path):
+    spec = importlib.util.spec_from_file_location("speed", SCRIPT)
+    speed = importlib.util.module_from_spec(spec)
+    sys.modules["speed"] = speed  # its dataclasses look their module up
+    spec.loader.exec_module(speed)
+    output = tmp_path / "tiny.json"
+    speed.main(["--backbone", "tiny", "--reps", "1", "--warmup", "0", "--output", str(output)])
+    report = json.loads(output.read_text())
+    assert RATIOS <= set(report["ratios"])
+    assert all(value > 0 for value in report["ratios"].values())
+    # MixPHM trains 0.4% of the weights: its step holds far less than full fine-tuning's
+    assert report["ratios"]["peak_memory_mixphm_over_full"] < 1.0
+    assert report["machine"]["device"] == "cpu"
