@@ -25,7 +25,7 @@ def test_speed_benchmark_on_a_tiny_t5(tmp_path):
     output = tmp_path / "tiny.json"
     speed.main(["--backbone", "tiny", "--reps", "1", "--warmup", "0", "--output", str(output)])
     report = json.loads(output.read_text())
-    assert RATIOS <= set(report["ratios"])
+    assert set(report["ratios"]) >= RATIOS
     assert all(value > 0 for value in report["ratios"].values())
     # MixPHM trains 0.4% of the weights: its step holds far less than full fine-tuning's
     assert report["ratios"]["peak_memory_mixphm_over_full"] < 1.0
