@@ -172,6 +172,9 @@ def plot(results: list[RunResult], out: Path, backbone: str, k_for_params: int =
             label=method,
         )
     axes.set_xscale("log")
+    all_ks = sorted({k for per_k in by_method.values() for k in per_k})
+    axes.set_xticks(all_ks, [str(k) for k in all_ks])
+    axes.minorticks_off()
     axes.set_xlabel("k (training questions)")
     axes.set_ylabel("test accuracy (%)")
     axes.set_title(f"easy-VQA, {backbone} backbone: accuracy versus k")
