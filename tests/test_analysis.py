@@ -43,3 +43,4 @@ def test_analyze_command_on_the_default_backbone(tmp_path, capsys):
     assert cli.main(args) == 0
     assert "fresh mixphm" in capsys.readouterr().out
     assert (tmp_path / "redundancy.png").is_file()
+    assert "Produced by `mixphm analyze --fresh mixphm" in (tmp_path / "redundancy.md").read_text()

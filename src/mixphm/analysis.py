@@ -104,7 +104,12 @@ def format_rows(runs: Mapping[str, list[LayerRedundancy]]) -> str:
 
 
 def analyze(
-    runs: list[Path], fresh: list[str], samples: int, output: Path, batch_size: int = 128
+    runs: list[Path],
+    fresh: list[str],
+    samples: int,
+    output: Path,
+    command: str = "",
+    batch_size: int = 128,
 ) -> dict[str, list[LayerRedundancy]]:
     """CKA per layer on the offline default backbone over ``samples`` easy-VQA test
     questions (with their images): for finished runs (``runs``) and for fresh presets on
@@ -153,7 +158,13 @@ def analyze(
         for group, rows in grouped.items()
     }
     write_report(per_run, means, output)
-    print(format_rows(means))
+    table = format_rows(means)
+    described = f"Produced by `{command}`.\n\n" if command else ""
+    (output / "redundancy.md").write_text(
+        f"{described}Linear CKA(h, h_a) per adapter layer over {samples} easy-VQA test questions "
+        "(runs of one method averaged over their seeds):\n\n```\n" + table + "\n```\n"
+    )
+    print(table)
     return means
 
 

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace, command: str) -> None:
 
         if args.samples < 1:
             raise ValueError(f"--samples must be ≥ 1, got {args.samples}")
-        analysis.analyze(args.run, args.fresh, args.samples, args.output)
+        analysis.analyze(args.run, args.fresh, args.samples, args.output, command)
     elif args.command == "predict":
         from mixphm.training.predict import answer
 
