@@ -129,7 +129,8 @@ def add_mixphm(model: nn.Module, config: MixPHMConfig | None = None) -> nn.Modul
         if module.training:
             router.advance(anchor.device)
 
-    model.register_forward_pre_hook(advance_routing)
+    if config.num_experts > 1:  # one expert: nothing to route, no per-forward work
+        model.register_forward_pre_hook(advance_routing)
     setattr(model, CONFIG_ATTRIBUTE, config)
     setattr(model, ROUTER_ATTRIBUTE, router)
     return model
