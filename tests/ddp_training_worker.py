@@ -10,6 +10,7 @@ import torch.distributed as dist
 from accelerate import Accelerator
 from tiny_models import tiny_candidates, tiny_split, tiny_vlm
 
+from mixphm.training.objectives import CandidateScoring
 from mixphm.training.recipe import RunSpec, train, trainable_state
 
 DATA = (tiny_split(32, seed=0), tiny_split(16, seed=1), tiny_split(16, seed=2))
@@ -26,7 +27,9 @@ def main(out: Path) -> None:
         return captured["model"]
 
     spec = RunSpec("adamix", 32, 13, "tiny", max_epochs=2)
-    train(spec, build, DATA, tiny_candidates(), out / f"run-rank{rank}", accelerator)
+    train(
+        spec, build, DATA, CandidateScoring(tiny_candidates()), out / f"run-rank{rank}", accelerator
+    )
     torch.save(trainable_state(captured["model"]), out / f"rank{rank}.pt")
     dist.barrier()
 

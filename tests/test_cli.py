@@ -71,6 +71,7 @@ def test_train_then_predict_on_an_image_file(tmp_path, capsys):
     from mixphm.backbones.vision import cached_grid_features
     from mixphm.data import load_easy_vqa
     from mixphm.training.data import Candidates, candidate_answers, encode_split
+    from mixphm.training.objectives import CandidateScoring
     from mixphm.training.recipe import RunSpec, train
 
     pool = load_easy_vqa("test")
@@ -82,7 +83,8 @@ def test_train_then_predict_on_an_image_file(tmp_path, capsys):
     split = encode_split(sample, tokenizer, candidates, features)
     run_dir = tmp_path / "run"
     spec = RunSpec("pfeiffer", 12, 13, "unpretrained", max_epochs=1)
-    train(spec, OfflineVLM.from_packages, (split, split, split), candidates, run_dir)
+    objective = CandidateScoring(candidates)
+    train(spec, OfflineVLM.from_packages, (split, split, split), objective, run_dir)
 
     image = sample.visual.paths[sample.examples[0].image_id]
     args = [

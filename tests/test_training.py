@@ -6,17 +6,19 @@ import torch
 from tiny_models import tiny_candidates, tiny_split, tiny_vlm
 
 import mixphm.training.checkpoint as checkpoint
+import mixphm.training.objectives as objectives
 import mixphm.training.recipe as recipe
 from mixphm.training.methods import METHODS, method_settings
+from mixphm.training.objectives import CandidateScoring
 from mixphm.training.recipe import RunSpec, TrainingDiverged, train
 
 DATA = (tiny_split(32, seed=0), tiny_split(16, seed=1), tiny_split(40, seed=2))
-CANDIDATES = tiny_candidates()
+OBJECTIVE = CandidateScoring(tiny_candidates())
 
 
 def run(method, tmp_path, epochs=3, **kwargs):
     spec = RunSpec(method, 32, 13, "tiny", max_epochs=epochs)
-    return train(spec, tiny_vlm, DATA, CANDIDATES, tmp_path / method, **kwargs)
+    return train(spec, tiny_vlm, DATA, OBJECTIVE, tmp_path / method, **kwargs)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -91,14 +93,14 @@ def test_a_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypat
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     calls = {"count": 0}
-    original = recipe.soft_cross_entropy
+    original = objectives.soft_cross_entropy
 
     def poisoned(logits, targets):
         calls["count"] += 1
         loss = original(logits, targets)
         return loss * float("nan") if calls["count"] > 4 else loss  # epoch 3 (2 steps per epoch)
 
-    monkeypatch.setattr(recipe, "soft_cross_entropy", poisoned)
+    monkeypatch.setattr(objectives, "soft_cross_entropy", poisoned)
     with pytest.raises(TrainingDiverged, match=r"loss is nan in epoch 2; stopped\. The last good"):
         run("pfeiffer", tmp_path, epochs=4)
     saved = checkpoint.load(tmp_path / "pfeiffer" / "checkpoint.pt")
@@ -157,7 +159,7 @@ def test_two_gloo_processes_match_a_single_process_with_the_same_global_batch(tm
         RunSpec("adamix", 32, 13, "tiny", max_epochs=2),
         build,
         WORKER_DATA,
-        CANDIDATES,
+        OBJECTIVE,
         tmp_path / "single",
     )
     single = recipe.trainable_state(captured["model"])

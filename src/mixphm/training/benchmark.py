@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from mixphm.training.objectives import CandidateScoring
 from mixphm.training.recipe import RunResult, RunSpec, accuracy, train, write_json_atomic
 from mixphm.training.setup import OfflineSetup, backbone_factory
 
@@ -39,7 +40,8 @@ def _run_one(spec: RunSpec, out: Path) -> RunResult:
     assert _setup is not None
     data = _setup.splits(spec.k, spec.seed)
     directory = run_dir(out, spec)
-    result = train(spec, backbone_factory(spec.backbone), data, _setup.candidates, directory)
+    objective = CandidateScoring(_setup.candidates)
+    result = train(spec, backbone_factory(spec.backbone), data, objective, directory)
     (directory / "checkpoint.pt").unlink()  # finished: best.safetensors and result.json remain
     return result
 
@@ -53,7 +55,7 @@ def zero_shot(backbone: str, out: Path, test_limit: int | None) -> RunResult:
     setup = _setup or OfflineSetup.build(test_limit=test_limit)
     model = backbone_factory(backbone)()
     total = sum(p.numel() for p in model.parameters())
-    test_accuracy = accuracy(model, setup.test, setup.candidates)
+    test_accuracy = accuracy(CandidateScoring(setup.candidates), model, setup.test)
     result = RunResult(
         "zero-shot", 0, 0, backbone, float("nan"), test_accuracy, 0, total, 0.0, 0, -1
     )

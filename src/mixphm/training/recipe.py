@@ -22,21 +22,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from mixphm.evaluation import Scored, score, summarize
-from mixphm.inject import adapter_router, merge_experts, mixphm_adapters, parameter_counts
+from mixphm.inject import adapter_router, mixphm_adapters, parameter_counts
 from mixphm.pretraining.recipe import linear_warmup_decay
 from mixphm.regularization import RedundancyConfig, RedundancyRegularizer
 from mixphm.training import checkpoint
-from mixphm.training.data import Candidates, EncodedSplit
 from mixphm.training.methods import apply_method, method_settings, regularizer_config
+from mixphm.training.objectives import Objective, Split
 
-ENCODER_STACK = "text.encoder"
 BEST_FILE = "best.safetensors"
 """The best-dev trainable weights of a finished run (what ``mixphm predict`` loads)."""
 
@@ -83,32 +81,9 @@ class RunResult:
     best_epoch: int
 
 
-def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """−Σ_c s_c log p_c averaged over the batch: cross-entropy weighted by soft scores.
-    logits, targets: (B, C)."""
-    return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
-
-
-@torch.no_grad()
-def predict(model: Any, split: EncodedSplit, candidates: Candidates, batch: int = 256) -> list[str]:
-    """Argmax candidate per question, with merged adapters and answers encoded once."""
-    model.eval()
-    if any(True for _ in mixphm_adapters(model)):
-        merge_experts(model)
-    device = next(model.parameters()).device
-    answers = model.encode_answers(candidates.ids.to(device), candidates.mask.to(device))
-    predictions: list[str] = []
-    for _, (ids, mask, visual, _) in split.batches(batch):
-        logits = model(
-            ids.to(device), mask.to(device), visual.to(device), answer_embeddings=answers
-        )
-        predictions.extend(candidates.answers[i] for i in logits.argmax(-1).tolist())
-    return predictions
-
-
-def accuracy(model: Any, split: EncodedSplit, candidates: Candidates) -> float:
+def accuracy(objective: Objective, model: Any, split: Split) -> float:
     """Accuracy in percent with the split's metric."""
-    predicted = predict(model, split, candidates)
+    predicted = objective.predict(model, split)
     report = summarize(
         Scored(score(e, p, split.metric), e.question_type, e.answer_type)
         for e, p in zip(split.examples, predicted, strict=True)
@@ -123,12 +98,16 @@ def trainable_state(model: nn.Module) -> dict[str, Tensor]:
 def train(
     spec: RunSpec,
     build_backbone: Callable[[], nn.Module],
-    data: tuple[EncodedSplit, EncodedSplit, EncodedSplit],
-    candidates: Candidates,
+    data: tuple[Split, Split, Split],
+    objective: Objective,
     run_dir: Path,
     accelerator: Accelerator | None = None,
 ) -> RunResult:
-    """Train one run in ``run_dir`` (resuming if it has a checkpoint); returns its result."""
+    """Train one run in ``run_dir`` (resuming if it has a checkpoint); returns its result.
+
+    ``build_backbone`` returns the model ``objective`` drives (built fresh, or the very
+    model a generative wrapper holds); the method's parameters are added to it in place.
+    """
     train_split, dev_split, test_split = data
     settings = method_settings(spec.method)
     max_epochs = spec.max_epochs or settings.max_epochs
@@ -149,7 +128,6 @@ def train(
     )
     wrapped, optimizer = accelerator.prepare(model, optimizer)
     device = accelerator.device
-    answer_ids, answer_mask = candidates.ids.to(device), candidates.mask.to(device)
 
     state, best, elapsed = TrainState(), trainable_state(model), 0.0
     path = run_dir / "checkpoint.pt"
@@ -184,11 +162,10 @@ def train(
             rows = order[start : start + settings.batch_size][
                 accelerator.process_index :: accelerator.num_processes
             ]
-            ids, mask, visual, targets = (t.to(device) for t in train_split.batch(rows))
             with regularizer.recording():
-                logits = wrapped(ids, mask, visual, answer_ids, answer_mask)
-            extra, _ = regularizer.loss({ENCODER_STACK: model.encoder_mask(mask)})
-            loss = soft_cross_entropy(logits, targets) + extra
+                answer_loss, masks = objective.loss(wrapped, train_split, rows, epoch)
+            extra, _ = regularizer.loss(masks)
+            loss = answer_loss + extra
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"{spec.method} k={spec.k} seed={spec.seed}: loss is {loss.item()} in epoch "
@@ -202,7 +179,7 @@ def train(
             epoch_loss += loss.detach()
         state.train_loss.append(epoch_loss.item() / steps_per_epoch)
         elapsed += time.perf_counter() - started
-        dev = accuracy(model, dev_split, candidates)
+        dev = accuracy(objective, model, dev_split)
         state.dev_history.append(dev)
         if dev > state.best_dev:
             state.best_dev, state.best_epoch, state.stale = dev, epoch, 0
@@ -236,7 +213,7 @@ def train(
         seed=spec.seed,
         backbone=spec.backbone,
         dev_accuracy=state.best_dev,
-        test_accuracy=accuracy(model, test_split, candidates),
+        test_accuracy=accuracy(objective, model, test_split),
         trainable_parameters=trainable,
         total_parameters=total,
         train_seconds=round(elapsed, 2),
@@ -245,7 +222,8 @@ def train(
     )
     if accelerator.is_main_process:
         save_file({n: t.contiguous() for n, t in best.items()}, str(run_dir / BEST_FILE))
-        write_json_atomic(list(candidates.answers), run_dir / "answers.json")
+        if objective.answer_set is not None:
+            write_json_atomic(list(objective.answer_set), run_dir / "answers.json")
         write_json_atomic(asdict(result), run_dir / "result.json")
     return result
 

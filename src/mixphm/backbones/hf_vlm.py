@@ -1,0 +1,181 @@
+"""Today's Hugging Face VLMs as VQA models: an image-text-to-text model plus its processor.
+
+``HFVisionQA`` builds the prompt each family expects (its image tokens included), trains on
+the answer as the target with the model's own language-modelling loss (prompt tokens carry
+the label −100), and generates answers as strings. Supported families, by ``model_type``:
+
+- ``blip`` (BlipForQuestionAnswering): the question goes to the text encoder, the answer is
+  decoded from ``[bos]`` by the text decoder.
+- ``idefics3`` / ``smolvlm`` and ``qwen2_vl``: decoder-only; the prompt is the processor's
+  chat template with one image and the question, then the generation prompt.
+- ``paligemma``: decoder-only with a prefix-LM mask: ``answer en {question}`` as the prefix
+  (token type 0), the answer as the suffix (token type 1).
+
+The answer tokens are appended to the processed prompt ids (not re-tokenised with it), so a
+training example is exactly the prompt ``generate`` sees followed by the tokens it should
+produce. MixPHM goes in with ``add_mixphm(vqa.model, config)`` (``vision_tower=True`` also
+adapts the vision encoder).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from mixphm.backbones.generation import Decoding, pad_rows
+
+DECODER_ONLY = {"idefics3", "smolvlm", "qwen2_vl", "paligemma"}
+FAMILIES = ("blip", *sorted(DECODER_ONLY))
+SUFFIX_TOKEN_TYPE = {"token_type_ids": 1, "mm_token_type_ids": 0}
+"""Per-token inputs that processors return besides the ids, and their value on appended
+answer tokens: PaliGemma's prefix-LM types (suffix = 1), Qwen2-VL's modality types (text)."""
+
+
+def model_family(model: nn.Module) -> str:
+    family = str(getattr(getattr(model, "config", None), "model_type", ""))
+    if family not in FAMILIES:
+        raise ValueError(
+            f"no VQA prompt format for model_type {family!r}; supported: {', '.join(FAMILIES)}"
+        )
+    return family
+
+
+class HFVisionQA:
+    """A transformers VLM and its processor, asked questions about images."""
+
+    def __init__(self, model: nn.Module, processor: Any) -> None:
+        self.model: Any = model
+        self.processor = processor
+        self.tokenizer: Any = getattr(processor, "tokenizer", processor)
+        self.family = model_family(model)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, dtype: torch.dtype | None = None) -> HFVisionQA:
+        """A hub id (needs the internet once) or a local directory saved by transformers."""
+        from transformers import (
+            AutoConfig,
+            AutoModelForImageTextToText,
+            AutoProcessor,
+            BlipForQuestionAnswering,
+        )
+
+        model: Any
+        try:
+            processor = AutoProcessor.from_pretrained(name_or_path)
+            if AutoConfig.from_pretrained(name_or_path).model_type == "blip":
+                model = BlipForQuestionAnswering.from_pretrained(name_or_path, dtype=dtype)
+            else:
+                model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=dtype)
+        except OSError as error:
+            raise ValueError(f"cannot load VLM {name_or_path!r}: {error}") from None
+        return cls(model, processor)
+
+    def prompt(self, question: str) -> str:
+        if self.family == "blip":
+            return question
+        if self.family == "paligemma":
+            return f"{self.processor.image_token}answer en {question}"
+        message = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+        ]
+        text: str = self.processor.apply_chat_template(message, add_generation_prompt=True)
+        return text
+
+    def _process(self, images: Sequence[Image.Image], questions: Sequence[str]) -> Any:
+        prompts = [self.prompt(q) for q in questions]
+        pictures: list[Any] = list(images)
+        if self.family in {"idefics3", "smolvlm"}:
+            pictures = [[image] for image in images]
+        return self.processor(images=pictures, text=prompts, padding=True, return_tensors="pt")
+
+    def training_inputs(
+        self, images: Sequence[Image.Image], questions: Sequence[str], answers: Sequence[str]
+    ) -> dict[str, Tensor]:
+        """Model inputs with ``labels`` (B, T) that score only the answer tokens."""
+        self.tokenizer.padding_side = "right"
+        inputs = dict(self._process(images, questions))
+        if self.family == "blip":
+            return {**inputs, **self._blip_targets(answers)}
+        eos = self.tokenizer.eos_token or ""
+        tails = [self.tokenizer(a + eos, add_special_tokens=False)["input_ids"] for a in answers]
+        return self._append_answers(inputs, tails)
+
+    def _blip_targets(self, answers: Sequence[str]) -> dict[str, Tensor]:
+        """[bos] answer [sep]: BLIP's decoder starts from bos and stops at sep in generate."""
+        text = self.model.config.text_config
+        tails = [
+            [text.bos_token_id, *self.tokenizer(a, add_special_tokens=False)["input_ids"], sep]
+            for a, sep in zip(answers, [text.sep_token_id] * len(answers), strict=True)
+        ]
+        ids, mask = pad_rows(tails, text.pad_token_id)
+        return {
+            "decoder_input_ids": ids,
+            "decoder_attention_mask": mask,
+            "labels": ids.masked_fill(mask == 0, -100),
+        }
+
+    def _append_answers(self, inputs: dict[str, Any], tails: list[list[int]]) -> dict[str, Tensor]:
+        """Prompt rows (right-padded) + answer tokens → ids, mask, labels and token types."""
+        lengths = inputs["attention_mask"].sum(1).tolist()
+        width = max(n + len(t) for n, t in zip(lengths, tails, strict=True))
+        rows = len(tails)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.full((rows, width), pad, dtype=torch.long)
+        mask = torch.zeros(rows, width, dtype=torch.long)
+        labels = torch.full((rows, width), -100, dtype=torch.long)
+        types = {k: torch.zeros(rows, width, dtype=torch.long) for k in SUFFIX_TOKEN_TYPE}
+        if self.family == "paligemma" and "token_type_ids" not in inputs:
+            inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
+        for row, (n, tail) in enumerate(zip(lengths, tails, strict=True)):
+            end = n + len(tail)
+            ids[row, :n] = inputs["input_ids"][row, :n]
+            ids[row, n:end] = torch.tensor(tail)
+            mask[row, :end] = 1
+            labels[row, n:end] = torch.tensor(tail)
+            for key, answer_type in SUFFIX_TOKEN_TYPE.items():
+                if key in inputs:
+                    types[key][row, :n] = inputs[key][row, :n]
+                    types[key][row, n:end] = answer_type
+        per_token = {k: v for k, v in types.items() if k in inputs}
+        return {**inputs, **per_token, "input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    def training_loss(
+        self,
+        model: Any,
+        images: Sequence[Image.Image],
+        questions: Sequence[str],
+        answers: Sequence[str],
+        scores: Tensor,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The model's own answer loss (mean over the batch's answer tokens) and no stack
+        masks. ``scores`` are not applied: BLIP returns only that batch mean, and one rule
+        serves every family (the recipe draws answers in proportion to their scores)."""
+        inputs = self.training_inputs(images, questions, answers)
+        device = next(self.model.parameters()).device
+        loss: Tensor = model(**{k: v.to(device) for k, v in inputs.items()}).loss
+        return loss, {}
+
+    @torch.no_grad()
+    def answer(
+        self,
+        images: Sequence[Image.Image],
+        questions: Sequence[str],
+        decoding: Decoding | None = None,
+    ) -> list[str]:
+        """Generated answers, one string per question."""
+        decoding = decoding or Decoding()
+        self.tokenizer.padding_side = "left"
+        inputs = self._process(images, questions)
+        device = next(self.model.parameters()).device
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        generated = self.model.generate(
+            **inputs, max_new_tokens=decoding.max_new_tokens, num_beams=decoding.num_beams
+        )
+        if self.family != "blip":
+            generated = generated[:, inputs["input_ids"].shape[1] :]
+        texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+        return [t.strip() for t in texts]
