@@ -23,10 +23,17 @@ from mixphm.regularization import RedundancyConfig
 ADAPTER_METHODS = ("houlsby", "pfeiffer", "compacter", "adamix", "mixphm")
 METHODS = ("full", "bitfit", "lora", "ia3", *ADAPTER_METHODS, "mixphm-ra")
 
-# Module names of BERT-style encoders (the offline backbone's text side).
-LORA_TARGETS = r".*\.attention\.self\.(query|value)$"
-IA3_TARGETS = r".*\.(attention\.self\.(key|value)|layer\.\d+\.output\.dense)$"
-IA3_FEEDFORWARD = r".*\.layer\.\d+\.output\.dense$"
+# Module names, per architecture: BERT (the offline backbone's text side) | T5 (VL-T5) |
+# Llama-style language models of the Hugging Face VLMs.
+LORA_TARGETS = (
+    r".*\.(attention\.self\.(query|value)|(SelfAttention|EncDecAttention)\.(q|v)"
+    r"|self_attn\.(q_proj|v_proj))$"
+)
+IA3_FEEDFORWARD = r".*\.(layer\.\d+\.output\.dense|DenseReluDense\.wo|mlp\.down_proj)$"
+IA3_TARGETS = (
+    r".*\.(attention\.self\.(key|value)|(SelfAttention|EncDecAttention)\.(k|v)"
+    r"|self_attn\.(k_proj|v_proj)|layer\.\d+\.output\.dense|DenseReluDense\.wo|mlp\.down_proj)$"
+)
 
 
 @dataclass(frozen=True)

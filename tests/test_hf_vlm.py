@@ -1,0 +1,97 @@
+"""HFVisionQA on tiny random models of every supported family, with their real processor
+classes: prompts carry the image tokens, only answer tokens are scored, a few MixPHM steps
+lower the loss, and generation returns one string per question."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tiny_models import BUILDERS
+from tiny_processors import PROCESSORS
+
+from mixphm import MixPHMConfig, add_mixphm
+from mixphm.backbones.generation import Decoding
+from mixphm.backbones.hf_vlm import HFVisionQA
+from mixphm.inject import mixphm_adapters
+
+FAMILIES = sorted(PROCESSORS)
+QUESTIONS = ["what color is the shape ?", "is the shape a circle ?"]
+ANSWERS = ["red", "yes"]
+
+
+def images(count: int = 2) -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [Image.fromarray((rng.random((40, 48, 3)) * 255).astype("uint8")) for _ in range(count)]
+
+
+def tiny(family: str, vision_tower: bool = False) -> HFVisionQA:
+    torch.manual_seed(0)
+    model = BUILDERS[family]().model
+    config = MixPHMConfig(reduction_factor=4, phm_dim=2, dropout=0.0, vision_tower=vision_tower)
+    add_mixphm(model, config)
+    return HFVisionQA(model, PROCESSORS[family]())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_only_the_answer_tokens_are_scored(family):
+    vqa = tiny(family)
+    inputs = vqa.training_inputs(images(), QUESTIONS, ANSWERS)
+    tokenizer = vqa.tokenizer
+    for row, answer in enumerate(ANSWERS):
+        scored = inputs["labels"][row][inputs["labels"][row] != -100].tolist()
+        expected = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        assert scored[1 if family == "blip" else 0 :][: len(expected)] == expected
+        assert len(scored) == len(expected) + (2 if family == "blip" else 1)  # bos?, eos/sep
+    if family != "blip":
+        image_token = vqa.model.config.image_token_id
+        assert (inputs["input_ids"] == image_token).sum(1).min() > 0
+        assert (inputs["labels"] == image_token).sum() == 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_few_mixphm_steps_lower_the_loss_and_answers_are_strings(family):
+    vqa = tiny(family)
+    trainable = [p for p in vqa.model.parameters() if p.requires_grad]
+    assert trainable and all(
+        ".mixphm." in n for n, p in vqa.model.named_parameters() if p.requires_grad
+    )
+    optimizer = torch.optim.AdamW(trainable, lr=2e-2)
+    vqa.model.train()
+    losses = []
+    for _ in range(10):
+        loss, masks = vqa.training_loss(vqa.model, images(), QUESTIONS, ANSWERS, torch.ones(2))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert masks == {}
+    assert losses[-1] < losses[0] - 1e-3, losses  # tiny random BLIP learns slowest
+    vqa.model.eval()
+    for decoding in (Decoding(max_new_tokens=3), Decoding(max_new_tokens=3, num_beams=2)):
+        answers = vqa.answer(images(), QUESTIONS, decoding)
+        assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+
+
+@pytest.mark.parametrize("family", ["idefics3", "qwen2_vl", "paligemma"])
+def test_left_padding_leaves_each_answer_as_it_is_alone(family):
+    vqa = tiny(family)
+    vqa.model.eval()
+    questions = ["what color is the shape ?", "how many ?"]
+    together = vqa.answer(images(), questions, Decoding(max_new_tokens=4))
+    alone = [
+        vqa.answer([image], [q], Decoding(max_new_tokens=4))[0]
+        for image, q in zip(images(), questions, strict=True)
+    ]
+    assert together == alone
+
+
+def test_the_vision_tower_is_adapted_only_when_asked():
+    language_only = len(list(mixphm_adapters(tiny("qwen2_vl").model)))
+    with_vision = len(list(mixphm_adapters(tiny("qwen2_vl", vision_tower=True).model)))
+    assert with_vision == language_only + 1  # the tiny vision tower has one block
+
+
+def test_an_unsupported_model_is_refused_by_name():
+    model = BUILDERS["t5"]().model
+    with pytest.raises(ValueError, match="no VQA prompt format for model_type 't5'"):
+        HFVisionQA(model, PROCESSORS["blip"]())
