@@ -30,9 +30,9 @@ REGIONS, FEATURES = 36, 2048
 IMAGES = [f"COCO_val2014_{i:012d}" for i in range(1, 5)]
 
 
-def tiny_vlt5(seed: int = 0) -> VLT5:
+def tiny_vlt5(seed: int = 0, vocab_size: int = 64) -> VLT5:
     config = tf.T5Config(
-        vocab_size=64,
+        vocab_size=vocab_size,
         d_model=48,  # divisible by every preset's reduction factor (12, 16)
         d_kv=12,
         d_ff=64,

@@ -6,6 +6,7 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from mixphm.config import PRESETS
 from mixphm.data import K_VALUES, SEEDS, load_easy_vqa, sample_low_resource
@@ -13,6 +14,18 @@ from mixphm.training.methods import METHODS
 from mixphm.training.setup import BACKBONES
 
 DEFAULT_METHODS = ["mixphm", "pfeiffer", "lora", "full"]
+
+
+GENERATIVE = ("vlt5", "hf:<model>")
+EXTERNAL_DATASETS = ("vqa-v2", "gqa", "ok-vqa")
+
+
+def backbone(text: str) -> str:
+    """An offline backbone, ``vlt5``, or ``hf:<hub id or local dir>``."""
+    if text in BACKBONES or text == "vlt5" or (text.startswith("hf:") and len(text) > 3):
+        return text
+    choices = ", ".join((*BACKBONES, *GENERATIVE))
+    raise argparse.ArgumentTypeError(f"unknown backbone {text!r}; choose one of {choices}")
 
 
 def positive_int(text: str) -> int:
@@ -47,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("benchmark", "methods × k × seeds on the offline default (resumable); writes the table"),
     ):
         sub = commands.add_parser(name, help=helptext)
-        sub.add_argument("--dataset", choices=["easy-vqa"], default="easy-vqa")
+        sub.add_argument("--dataset", choices=["easy-vqa", *EXTERNAL_DATASETS], default="easy-vqa")
         sub.add_argument("--out", type=Path, default=Path("results/easy-vqa"))
         sub.add_argument(
             "--test-limit", type=positive_int, default=2000, help="test questions (fixed sample)"
@@ -56,13 +69,25 @@ def build_parser() -> argparse.ArgumentParser:
             "--full-test", action="store_true", help="evaluate on the whole test split"
         )
         sub.add_argument("--max-epochs", type=positive_int, default=None)
+        files = sub.add_argument_group(
+            "your own backbone and data (VL-T5 or a Hugging Face VLM on VQA v2, GQA, OK-VQA)"
+        )
+        files.add_argument("--train-file", type=Path, nargs="+", default=[])
+        files.add_argument("--test-file", type=Path, nargs="+", default=[])
+        files.add_argument("--features", type=Path, nargs="+", default=[], help="*_obj36.h5")
+        files.add_argument("--images", type=Path, help="folder of <img_id>.jpg")
+        files.add_argument("--checkpoint", type=Path, help="VL-T5 weights (Epoch30.pth)")
+        files.add_argument("--tokenizer", default="t5-base", help="VL-T5's T5 tokenizer")
+        files.add_argument("--num-beams", type=positive_int, default=1)
+        files.add_argument("--max-new-tokens", type=positive_int, default=10)
+        files.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
         if name == "train":
-            sub.add_argument("--backbone", choices=BACKBONES, default="pretrained")
+            sub.add_argument("--backbone", type=backbone, default="pretrained")
             sub.add_argument("--method", choices=METHODS, required=True)
             sub.add_argument("--k", type=positive_int, required=True)
             sub.add_argument("--seed", type=int, default=13)
         else:
-            sub.add_argument("--backbones", nargs="+", choices=BACKBONES, default=["pretrained"])
+            sub.add_argument("--backbones", nargs="+", type=backbone, default=["pretrained"])
             sub.add_argument("--methods", nargs="+", choices=METHODS, default=DEFAULT_METHODS)
             sub.add_argument("--ks", nargs="+", type=positive_int, default=[16, 64])
             sub.add_argument("--seeds", nargs="+", type=int, default=[13])
@@ -112,39 +137,76 @@ def run(args: argparse.Namespace, command: str) -> None:
         pretrained_backbone()
         print(f"pretrained backbone: {checkpoint_dir(PretrainConfig())}")
     elif args.command in ("train", "benchmark"):
-        from mixphm.training import benchmark
-        from mixphm.training.recipe import RunSpec
+        train_or_benchmark(args, command)
 
-        test_limit = None if args.full_test else args.test_limit
-        if args.command == "train":
-            grid = [(args.backbone, args.method, args.k, args.seed)]
-            workers = 1
-        else:
-            # k-major order: an interrupted grid leaves whole columns, every method alike
-            grid = [
-                (b, m, k, s)
-                for k in args.ks
-                for s in args.seeds
-                for m in args.methods
-                for b in args.backbones
-            ]
-            workers = args.workers
-        pool = load_easy_vqa("train")
-        for _, _, k, seed in grid:  # bad k fails here, before any model or feature is built
-            sample_low_resource(pool, k, seed)
-            if k not in K_VALUES:
-                print(f"note: k={k} is outside the paper's protocol {K_VALUES}")
-        specs = [RunSpec(m, k, s, b, args.max_epochs) for b, m, k, s in grid]
-        if args.command == "benchmark" and args.zero_shot:
-            for backbone in args.backbones:
-                benchmark.zero_shot(backbone, args.out, test_limit)
-        results = benchmark.run_grid(specs, args.out, test_limit, workers)
-        summary = benchmark.write_summary(results, args.out, command)
-        for backbone in sorted({spec.backbone for spec in specs}):
-            benchmark.plot(results, args.out, backbone)
-        print(summary.read_text())
-        if any(s not in SEEDS for _, _, _, s in grid):
-            print(f"note: the paper's seeds are {SEEDS}")
+
+def train_or_benchmark(args: argparse.Namespace, command: str) -> None:
+    from mixphm.training import benchmark
+    from mixphm.training.recipe import RunSpec
+
+    if args.command == "train":
+        grid = [(args.backbone, args.method, args.k, args.seed)]
+    else:
+        # k-major order: an interrupted grid leaves whole columns, every method alike
+        grid = [
+            (b, m, k, s)
+            for k in args.ks
+            for s in args.seeds
+            for m in args.methods
+            for b in args.backbones
+        ]
+    offline = args.dataset == "easy-vqa"
+    for name in {b for b, _, _, _ in grid}:
+        if (name in BACKBONES) != offline:
+            raise ValueError(
+                f"backbone {name} does not run on {args.dataset}: the offline backbones "
+                f"({', '.join(BACKBONES)}) take --dataset easy-vqa; vlt5 and hf:<model> take "
+                f"{', '.join(EXTERNAL_DATASETS)} with --train-file and --test-file"
+            )
+    specs = [RunSpec(m, k, s, b, args.max_epochs, args.mixed_precision) for b, m, k, s in grid]
+    if offline:
+        results = run_offline(args, specs)
+        label = "easy-VQA"
+    else:
+        results = run_files(args, specs)
+        label = args.dataset
+    summary = benchmark.write_summary(results, args.out, command, label)
+    for name in sorted({spec.backbone for spec in specs}):
+        benchmark.plot(results, args.out, name, dataset=label)
+    print(summary.read_text())
+    if any(s not in SEEDS for _, _, _, s in grid):
+        print(f"note: the paper's seeds are {SEEDS}")
+    if any(k not in K_VALUES for _, _, k, _ in grid):
+        print(f"note: the paper's k values are {K_VALUES}")
+
+
+def run_offline(args: argparse.Namespace, specs: list[Any]) -> list[Any]:
+    from mixphm.training import benchmark
+
+    test_limit = None if args.full_test else args.test_limit
+    pool = load_easy_vqa("train")
+    for spec in specs:  # bad k fails here, before any model or feature is built
+        sample_low_resource(pool, spec.k, spec.seed)
+    if args.command == "benchmark" and args.zero_shot:
+        for name in args.backbones:
+            benchmark.zero_shot(name, args.out, test_limit)
+    workers = args.workers if args.command == "benchmark" else 1
+    return benchmark.run_grid(specs, args.out, test_limit, workers)
+
+
+def run_files(args: argparse.Namespace, specs: list[Any]) -> list[Any]:
+    from mixphm.backbones.generation import Decoding
+    from mixphm.training.external import ExternalData, run_external_grid
+
+    data = ExternalData(
+        args.dataset,
+        tuple(args.train_file),
+        tuple(args.test_file),
+        tuple(args.features),
+        args.images,
+    )
+    decoding = Decoding(args.max_new_tokens, args.num_beams)
+    return run_external_grid(specs, data, args.checkpoint, args.tokenizer, decoding, args.out)
 
 
 if __name__ == "__main__":

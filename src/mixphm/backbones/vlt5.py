@@ -198,11 +198,8 @@ def vlt5_state_dict(raw: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v for k, v in state.items() if k not in TIED_ALIASES + IGNORED_UNEXPECTED}
 
 
-def load_vlt5_checkpoint(model: VLT5, path: str | Path) -> None:
-    """Load a VL-T5 state dict (``torch.save`` file or safetensors) into ``model``.
-
-    Raises ``CheckpointMismatch`` naming every missing, unexpected or mis-shaped key.
-    """
+def read_vlt5_state(path: str | Path) -> dict[str, Tensor]:
+    """A VL-T5 state dict (``torch.save`` file or safetensors) with this module's keys."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: VL-T5 checkpoint not found")
@@ -214,9 +211,21 @@ def load_vlt5_checkpoint(model: VLT5, path: str | Path) -> None:
     else:
         raw = torch.load(path, map_location="cpu", weights_only=True)
         raw = raw.get("model", raw) if isinstance(raw, dict) else raw
-    if not isinstance(raw, dict):
-        raise CheckpointMismatch(f"{path}: not a state dict")
-    state = vlt5_state_dict(raw)
+    if not isinstance(raw, dict) or not all(isinstance(v, Tensor) for v in raw.values()):
+        raise CheckpointMismatch(f"{path}: not a state dict of tensors")
+    return vlt5_state_dict(raw)
+
+
+def load_vlt5_checkpoint(model: VLT5, path: str | Path) -> None:
+    """Load a VL-T5 checkpoint into ``model`` (adapters, if added, keep their weights).
+
+    Raises ``CheckpointMismatch`` naming every missing, unexpected or mis-shaped key.
+    """
+    load_vlt5_state(model, read_vlt5_state(path), str(path))
+
+
+def load_vlt5_state(model: VLT5, state: dict[str, Tensor], source: str) -> None:
+    """``load_vlt5_checkpoint`` for a state dict already read (``source`` names it)."""
     expected = {k: v.shape for k, v in model.state_dict().items() if k not in TIED_ALIASES}
     adapter_keys = {k for k in expected if ".mixphm." in k}
     missing = sorted(set(expected) - set(state) - adapter_keys)
@@ -230,29 +239,45 @@ def load_vlt5_checkpoint(model: VLT5, path: str | Path) -> None:
         parts = [(t, keys) for t, keys in [("missing", missing), ("unexpected", unexpected)]]
         parts.append(("shape mismatch", misshaped))
         report = "\n".join(_listing(t, keys) for t, keys in parts if keys)
-        raise CheckpointMismatch(f"{path} does not fit VL-T5 ({model.config.d_model=}):\n{report}")
+        raise CheckpointMismatch(f"{source} does not fit this VL-T5 model:\n{report}")
     model.load_state_dict(state, strict=False)
     model.tie_weights()
 
 
-def vlt5_base_config(vocab_size: int = 32_100 + VISUAL_SENTINELS) -> T5Config:
-    """The T5-base configuration VL-T5 was released with (vocabulary incl. sentinels)."""
+def vlt5_config(state: dict[str, Tensor]) -> tuple[T5Config, VisualConfig]:
+    """The configuration a VL-T5 state dict was trained with, read off its tensor shapes
+    (T5-base for the released checkpoints: d 768, 12 + 12 layers, 12 heads, 32,200 tokens)."""
+
+    def shape(key: str) -> tuple[int, ...]:
+        if key not in state:
+            raise CheckpointMismatch(f"not a VL-T5 checkpoint: it has no {key}")
+        return tuple(state[key].shape)
+
+    vocab, width = shape("shared.weight")
+    heads = shape("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight")[1]
+    gated = "encoder.block.0.layer.1.DenseReluDense.wi_0.weight" in state
+    feed_forward = "encoder.block.0.layer.1.DenseReluDense." + ("wi_0" if gated else "wi")
     settings: dict[str, Any] = dict(
-        vocab_size=vocab_size,
-        d_model=768,
-        d_kv=64,
-        d_ff=3072,
-        num_layers=12,
-        num_decoder_layers=12,
-        num_heads=12,
-        dropout_rate=0.1,
-        feed_forward_proj="relu",
-        tie_word_embeddings=True,
+        vocab_size=vocab,
+        d_model=width,
+        d_kv=shape("encoder.block.0.layer.0.SelfAttention.q.weight")[0] // heads,
+        d_ff=shape(feed_forward + ".weight")[0],
+        num_layers=len({k.split(".")[2] for k in state if k.startswith("encoder.block.")}),
+        num_decoder_layers=len({k.split(".")[2] for k in state if k.startswith("decoder.block.")}),
+        num_heads=heads,
+        feed_forward_proj="gated-gelu" if gated else "relu",
+        tie_word_embeddings="lm_head.weight" not in state
+        or bool(torch.equal(state["lm_head.weight"], state["shared.weight"])),
         decoder_start_token_id=0,
         pad_token_id=0,
         eos_token_id=1,
     )
-    return T5Config(**settings)
+    visual = VisualConfig(
+        feature_dim=shape("encoder.visual_embedding.feat_embedding.0.weight")[1],
+        box_dim=shape("encoder.visual_embedding.absolute_vis_pos_embedding.0.weight")[1] - 1,
+        images=shape("encoder.visual_embedding.img_order_embedding.weight")[0],
+    )
+    return T5Config(**settings), visual
 
 
 def vlt5_tokenizer(name_or_path: str = "t5-base") -> Any:
@@ -285,11 +310,21 @@ class VLT5VQA:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, tokenizer: str = "t5-base") -> VLT5VQA:
-        """The released VL-T5 / FewVLM weights (e.g. ``VLT5/Epoch30.pth``) on T5-base."""
+        """The released VL-T5 / FewVLM weights (e.g. ``VLT5/Epoch30.pth``), the model sized
+        from them, and the T5 tokenizer (hub id or local folder) with VL-T5's sentinels."""
         text = vlt5_tokenizer(tokenizer)
-        model = VLT5(vlt5_base_config(len(text)))
-        load_vlt5_checkpoint(model, path)
-        return cls(model, text)
+        state = read_vlt5_state(path)
+        config, visual = vlt5_config(state)
+        if len(text) > config.vocab_size:
+            raise CheckpointMismatch(
+                f"{path}: {config.vocab_size} token embeddings, but the tokenizer "
+                f"{tokenizer!r} has {len(text)} tokens"
+            )
+        config.pad_token_id = config.decoder_start_token_id = text.pad_token_id
+        config.eos_token_id = text.eos_token_id
+        model = VLT5(config, visual)
+        load_vlt5_state(model, state, str(path))
+        return cls(model.eval(), text)
 
     def _encode(self, texts: Sequence[str], limit: int) -> tuple[Tensor, Tensor]:
         """Token ids and mask (B, ≤ limit), each row ending in </s> as T5 inputs do."""

@@ -1,7 +1,7 @@
 """Datasets, the low-resource sampler, and visual input."""
 
 from mixphm.data.examples import DataError, ImageFiles, RegionFeatures, VQADataset, VQAExample
-from mixphm.data.features import RegionFeatureFile
+from mixphm.data.features import RegionFeatureFile, RegionFeatureFiles
 from mixphm.data.loaders import load_easy_vqa, load_gqa, load_vlt5_vqa, load_vqa
 from mixphm.data.sampling import (
     K_VALUES,
@@ -19,6 +19,7 @@ __all__ = [
     "ImageFiles",
     "LowResourceSplit",
     "RegionFeatureFile",
+    "RegionFeatureFiles",
     "RegionFeatures",
     "VQADataset",
     "VQAExample",

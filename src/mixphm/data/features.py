@@ -8,6 +8,7 @@ Some copies key COCO images by the numeric id alone ("393225" for
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +71,23 @@ class RegionFeatureFile:
             )
         scale = np.array([width, height, width, height], dtype=np.float32)
         return RegionFeatures(features, np.clip(boxes / scale, 0.0, 1.0))
+
+
+class RegionFeatureFiles:
+    """Several feature files read as one (VQA v2 spans ``train2014_obj36.h5`` and
+    ``val2014_obj36.h5``): an image's regions come from the first file that has it."""
+
+    def __init__(self, paths: Sequence[str | Path]) -> None:
+        if not paths:
+            raise DataError("no feature file given")
+        self.files = [RegionFeatureFile(p) for p in paths]
+
+    def __contains__(self, image_id: str) -> bool:
+        return any(image_id in f for f in self.files)
+
+    def load(self, image_id: str) -> RegionFeatures:
+        for file in self.files:
+            if image_id in file:
+                return file.load(image_id)
+        names = ", ".join(str(f.path) for f in self.files)
+        raise DataError(f"no features for image {image_id!r} in {names}")

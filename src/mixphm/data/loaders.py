@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +25,7 @@ from mixphm.data.examples import (
     VQADataset,
     VQAExample,
 )
-from mixphm.data.features import RegionFeatureFile
+from mixphm.data.features import RegionFeatureFile, RegionFeatureFiles
 from mixphm.evaluation import normalize_answer, vqa_accuracy
 
 log = logging.getLogger("mixphm.data")
@@ -53,13 +54,18 @@ def _get(entry: Any, key: str, path: Path, where: str) -> Any:
     return entry[key]
 
 
+Features = str | Path | Sequence[str | Path]
+
+
 def _visual_source(
-    image_ids: set[str], images: str | Path | None, features: str | Path | None
+    image_ids: set[str], images: str | Path | None, features: Features | None
 ) -> VisualSource:
     if (images is None) == (features is None):
-        raise DataError("give exactly one of images= (a folder) or features= (an .h5 file)")
-    if features is not None:
+        raise DataError("give exactly one of images= (a folder) or features= (.h5 files)")
+    if isinstance(features, str | Path):
         return RegionFeatureFile(features)
+    if features is not None:
+        return RegionFeatureFiles(features)
     folder = Path(images)  # type: ignore[arg-type]
     if not folder.is_dir():
         raise DataError(f"{folder}: image folder not found")
@@ -99,7 +105,7 @@ def load_vqa(
     annotations: str | Path | None = None,
     *,
     images: str | Path | None = None,
-    features: str | Path | None = None,
+    features: Features | None = None,
     name: str = "vqa-v2",
     on_missing: OnMissing = "error",
 ) -> VQADataset:
@@ -149,13 +155,15 @@ def load_vlt5_vqa(
     path: str | Path,
     *,
     images: str | Path | None = None,
-    features: str | Path | None = None,
+    features: Features | None = None,
     name: str = "vqa-v2",
+    metric: Metric = "vqa",
     on_missing: OnMissing = "error",
 ) -> VQADataset:
-    """The LXMERT / VL-T5 split files (``train.json``, ``karpathy_test.json``...): a list
-    of {question_id, img_id, sent, label: {answer: score}, answers?, question_type?,
-    answer_type?}. Without ``answers`` a prediction scores its ``label`` entry."""
+    """The LXMERT / VL-T5 split files (``train.json``, ``minival.json``, GQA's and
+    OK-VQA's in the same layout): a list of {question_id, img_id, sent, label: {answer:
+    score}, answers?, question_type?, answer_type?}. Without ``answers`` a prediction
+    scores its ``label`` entry."""
     path = Path(path)
     entries = read_json(path)
     if not isinstance(entries, list):
@@ -178,14 +186,14 @@ def load_vlt5_vqa(
             )
         )
     visual = _visual_source({e.image_id for e in examples}, images, features)
-    return _dataset(name, path.stem, examples, visual, "vqa", path, on_missing)
+    return _dataset(name, path.stem, examples, visual, metric, path, on_missing)
 
 
 def load_gqa(
     path: str | Path,
     *,
     images: str | Path | None = None,
-    features: str | Path | None = None,
+    features: Features | None = None,
     on_missing: OnMissing = "error",
 ) -> VQADataset:
     """GQA balanced question files (``testdev_balanced_questions.json``...): a dict

@@ -26,8 +26,14 @@ from mixphm.training.setup import OfflineSetup, backbone_factory
 _setup: OfflineSetup | None = None
 
 
+def folder_name(backbone: str) -> str:
+    """``hf:org/model`` → ``hf-org--model``; other backbone names stay as they are."""
+    return backbone.replace(":", "-").replace("/", "--")
+
+
 def run_dir(out: Path, spec: RunSpec) -> Path:
-    return out / "runs" / spec.backbone / spec.method / f"k{spec.k}" / f"seed{spec.seed}"
+    backbone = folder_name(spec.backbone)
+    return out / "runs" / backbone / spec.method / f"k{spec.k}" / f"seed{spec.seed}"
 
 
 def _worker_init(test_limit: int | None, threads: int) -> None:
@@ -133,11 +139,13 @@ def summary_table(results: Iterable[RunResult], backbone: str) -> str:
     return "\n".join(lines)
 
 
-def write_summary(results: list[RunResult], out: Path, command: str) -> Path:
+def write_summary(
+    results: list[RunResult], out: Path, command: str, dataset: str = "easy-VQA"
+) -> Path:
     backbones = sorted({r.backbone for r in results})
     parts = [
         f"Produced by `{command}` (finished runs already in the folder are included).",
-        "Test accuracy (%) on easy-VQA, mean ± std over seeds (number of seeds in brackets);",
+        f"Test accuracy (%) on {dataset}, mean ± std over seeds (number of seeds in brackets);",
         "the best mean per column is bold.",
     ]
     for backbone in backbones:
@@ -147,7 +155,13 @@ def write_summary(results: list[RunResult], out: Path, command: str) -> Path:
     return path
 
 
-def plot(results: list[RunResult], out: Path, backbone: str, k_for_params: int = 64) -> list[Path]:
+def plot(
+    results: list[RunResult],
+    out: Path,
+    backbone: str,
+    k_for_params: int = 64,
+    dataset: str = "easy-VQA",
+) -> list[Path]:
     """accuracy_vs_k_<backbone>.png and accuracy_vs_params_<backbone>.png (at
     ``k_for_params``, the paper's Figure 1)."""
     import matplotlib
@@ -179,11 +193,12 @@ def plot(results: list[RunResult], out: Path, backbone: str, k_for_params: int =
     axes.minorticks_off()
     axes.set_xlabel("k (training questions)")
     axes.set_ylabel("test accuracy (%)")
-    axes.set_title(f"easy-VQA, {backbone} backbone: accuracy versus k")
+    axes.set_title(f"{dataset}, {backbone} backbone: accuracy versus k")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
-    versus_k = out / f"accuracy_vs_k_{backbone}.png"
+    name = folder_name(backbone)
+    versus_k = out / f"accuracy_vs_k_{name}.png"
     figure.savefig(versus_k, dpi=120)
     plt.close(figure)
 
@@ -196,10 +211,10 @@ def plot(results: list[RunResult], out: Path, backbone: str, k_for_params: int =
     axes.set_xscale("log")
     axes.set_xlabel("trainable parameters (% of the model)")
     axes.set_ylabel("test accuracy (%)")
-    axes.set_title(f"easy-VQA, {backbone} backbone, k = {k_for_params}")
+    axes.set_title(f"{dataset}, {backbone} backbone, k = {k_for_params}")
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    versus_params = out / f"accuracy_vs_params_{backbone}.png"
+    versus_params = out / f"accuracy_vs_params_{name}.png"
     figure.savefig(versus_params, dpi=120)
     plt.close(figure)
     return [versus_k, versus_params]
