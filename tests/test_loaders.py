@@ -1,5 +1,7 @@
 """Each loader on its fixture in the public format, and each bad-input case's message."""
 
+import json
+
 import numpy as np
 import pytest
 from conftest import write_obj36
@@ -62,6 +64,18 @@ def test_vlt5_split_file_and_features(fixture_dir, tmp_path):
     report = evaluate(data, {"262148000": "at table", "393225000": "Yes"})
     assert report.overall == pytest.approx(100 * (0.3 + 1.0) / 2)
     assert report.per_answer_type == pytest.approx({"other": 30.0, "yes/no": 100.0})
+
+
+def test_features_split_over_several_files_read_as_one(fixture_dir, tmp_path):
+    path = fixture_dir / "vlt5" / "karpathy_test.json"
+    ids = sorted({e["img_id"] for e in json.loads(path.read_text())})
+    first = write_obj36(tmp_path / "train2014_obj36.h5", ids[:1])
+    rest = write_obj36(tmp_path / "val2014_obj36.h5", ids[1:])
+    data = load_vlt5_vqa(path, features=[first, rest])
+    for image in ids:
+        assert data.visual.load(image).features.shape == (36, 2048)
+    with pytest.raises(DataError, match=r"no features for image 'nowhere' in .*train2014"):
+        data.visual.load("nowhere")
 
 
 def test_gqa_balanced_questions(fixture_dir):

@@ -2,11 +2,10 @@
 from a ``*_obj36.h5`` file in the real layout, released-key checkpoints, and training
 through the recipe with MixPHM and the redundancy regularizer."""
 
-import h5py
-import numpy as np
 import pytest
 import torch
 import transformers as tf
+from conftest import write_obj36
 from tiny_processors import tokenizer
 
 from mixphm import MixPHMConfig, add_mixphm
@@ -52,16 +51,7 @@ def tiny_vlt5(seed: int = 0, vocab_size: int = 64) -> VLT5:
 def obj36(tmp_path_factory) -> RegionFeatureFile:
     """Detector output in the LXMERT / VL-T5 layout: one group per image."""
     path = tmp_path_factory.mktemp("features") / "val2014_obj36.h5"
-    rng = np.random.default_rng(0)
-    with h5py.File(path, "w") as file:
-        for image in IMAGES:
-            group = file.create_group(image)
-            corners = rng.uniform(0, 300, (REGIONS, 2))
-            sizes = rng.uniform(10, 200, (REGIONS, 2))
-            group["features"] = rng.random((REGIONS, FEATURES), dtype=np.float32)
-            group["boxes"] = np.concatenate([corners, corners + sizes], 1).astype(np.float32)
-            group["img_h"], group["img_w"] = 480, 640
-    return RegionFeatureFile(path)
+    return RegionFeatureFile(write_obj36(path, IMAGES, regions=REGIONS, dim=FEATURES))
 
 
 def vqa(obj36, seed: int = 0) -> VLT5VQA:
