@@ -230,6 +230,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile every model before timing it"
+    )
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -238,14 +241,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         workload = t5_workload(device, dtype, tiny=args.backbone == "tiny")
 
+    def prepared(method: str) -> nn.Module:
+        model = with_method(workload, method)
+        return torch.compile(model) if args.compile else model  # type: ignore[return-value]
+
     timings: dict[str, float] = {}
     for method in ("mixphm", "lora", "pfeiffer", "full", "floor"):
-        model = with_method(workload, method)
+        model = prepared(method)
         step, _ = train_step(workload, model, floor=method == "floor")
         timings[f"train_{method}_ms"] = 1e3 * median_seconds(step, device, args.warmup, args.reps)
         print(f"train {method}: {timings[f'train_{method}_ms']:.1f} ms", file=sys.stderr)
     for method in ("mixphm", "pfeiffer", "base"):
-        model = with_method(workload, method).eval()
+        model = prepared(method).eval()
         if method == "mixphm":
             merge_experts(model)
 
@@ -285,6 +292,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "backbone": args.backbone,
         "dtype": args.dtype,
+        "compiled": args.compile,
         "ratios": ratios,
         "timings_ms": timings,
         "memory_bytes": memory,

@@ -25,3 +25,13 @@ $mixphm analyze --fresh mixphm --run "${runs[@]}" --samples 512 --output results
 #    minutes per run on a 2-core CPU; add them to --ks when there is time).
 $mixphm benchmark --out results/easy-vqa --ks 16 32 64 100 --seeds $seeds --workers 2 \
     --methods full bitfit lora ia3 houlsby pfeiffer compacter adamix mixphm mixphm-ra
+
+# 4. Why MixPHM trails its single-expert relatives (investigated on dev): the merged mixture
+#    against each expert alone, then MixPHM without dropout and with one expert (k = 64).
+runs=()
+for seed in $seeds; do runs+=("results/easy-vqa/runs/pretrained/mixphm/k64/seed$seed"); done
+$mixphm experts --run "${runs[@]}" --output results/mixphm-ablation
+$mixphm benchmark --out results/mixphm-ablation/dropout-0 --methods mixphm --ks 64 \
+    --seeds 13 21 42 --workers 1 --adapter-option dropout=0.0
+$mixphm benchmark --out results/mixphm-ablation/one-expert --methods mixphm --ks 64 \
+    --seeds 13 21 42 --workers 1 --adapter-option num_experts=1

@@ -43,6 +43,10 @@ def test_unknown_preset_is_rejected_with_usage(capsys):
         ),
         (["train", "--method", "mixphm", "--k", "0"], "must be a positive integer, got 0"),
         (["benchmark", "--methods", "mixphm", "lorax"], "invalid choice: 'lorax'"),
+        (
+            ["train", "--method", "mixphm", "--k", "16", "--adapter-option", "experts=2"],
+            "expected name=value with a MixPHMConfig field",
+        ),
     ],
 )
 def test_bad_training_arguments_are_rejected_with_usage(argv, message, capsys):

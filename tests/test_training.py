@@ -1,6 +1,8 @@
 """The training recipe on a tiny backbone: every method trains, runs resume exactly,
 checkpoints are atomic, a diverging loss stops clearly."""
 
+import json
+
 import pytest
 import torch
 from tiny_models import tiny_candidates, tiny_split, tiny_vlm
@@ -8,7 +10,7 @@ from tiny_models import tiny_candidates, tiny_split, tiny_vlm
 import mixphm.training.checkpoint as checkpoint
 import mixphm.training.objectives as objectives
 import mixphm.training.recipe as recipe
-from mixphm.training.methods import METHODS, method_settings
+from mixphm.training.methods import METHODS, apply_method, method_settings
 from mixphm.training.objectives import CandidateScoring
 from mixphm.training.recipe import RunSpec, TrainingDiverged, train
 
@@ -177,3 +179,42 @@ def tiny_state_before():
     torch.manual_seed(13)
     model = apply_method(tiny_vlm(), "adamix", 13)
     return recipe.trainable_state(model)
+
+
+def test_a_single_expert_variant_merges_to_that_expert():
+    from mixphm.inject import mixphm_adapters
+    from mixphm.training.experts import ExpertDiagnosis, format_diagnosis, single_expert
+
+    model = apply_method(tiny_vlm(), "mixphm", seed=13)
+    with torch.no_grad():
+        for _, adapter in mixphm_adapters(model):
+            adapter.up.left.add_(torch.randn_like(adapter.up.left))  # experts now differ
+    expected = [adapter.up.expert(2) for _, adapter in mixphm_adapters(model)]
+    single_expert(model, 2)
+    for (_, adapter), (weight, bias) in zip(mixphm_adapters(model), expected, strict=True):
+        merged_weight, merged_bias = adapter.up.merged("factors")
+        torch.testing.assert_close(merged_weight, weight)
+        torch.testing.assert_close(merged_bias, bias)
+    rows = [
+        ExpertDiagnosis("a", "merge factors", 50.0),
+        ExpertDiagnosis("b", "merge factors", 60.0),
+    ]
+    assert format_diagnosis(rows).splitlines()[-1].split()[-1] == "55.0"
+
+
+def test_adapter_options_override_the_preset_and_are_recorded(tmp_path):
+    options = (("num_experts", 1), ("dropout", 0.0))
+    spec = RunSpec("mixphm", 32, 13, "tiny", max_epochs=1, adapter_options=options)
+    one_expert = train(spec, tiny_vlm, DATA, OBJECTIVE, tmp_path / "one")
+    default = run("mixphm", tmp_path, epochs=1)
+    assert one_expert.trainable_parameters < default.trainable_parameters
+    recorded = json.loads((tmp_path / "one" / "result.json").read_text())
+    assert recorded["adapter_options"] == {"num_experts": 1, "dropout": 0.0}
+    with pytest.raises(ValueError, match="adapter options apply to the MixPHM family only"):
+        train(
+            RunSpec("lora", 32, 13, "tiny", 1, adapter_options=options),
+            tiny_vlm,
+            DATA,
+            OBJECTIVE,
+            tmp_path / "l",
+        )

@@ -28,6 +28,24 @@ def backbone(text: str) -> str:
     raise argparse.ArgumentTypeError(f"unknown backbone {text!r}; choose one of {choices}")
 
 
+def adapter_option(text: str) -> tuple[str, Any]:
+    """``name=value`` for a MixPHMConfig field; the value is read as JSON (0.0, 1, null)."""
+    import json
+
+    from mixphm.config import MixPHMConfig
+
+    name, sep, value = text.partition("=")
+    fields = MixPHMConfig.__dataclass_fields__
+    if not sep or name not in fields:
+        raise argparse.ArgumentTypeError(
+            f"expected name=value with a MixPHMConfig field ({', '.join(fields)}), got {text!r}"
+        )
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -53,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--samples", type=int, default=512, help="easy-VQA test questions")
     analyze.add_argument("--output", type=Path, default=Path("results/analysis"))
 
+    experts = commands.add_parser(
+        "experts", help="dev accuracy of finished runs: merged mixture versus each expert"
+    )
+    experts.add_argument("--run", type=Path, nargs="+", required=True, help="run folders")
+    experts.add_argument("--output", type=Path, default=Path("results/experts"))
+
     commands.add_parser("pretrain", help="build (once) and cache the pretrained offline backbone")
 
     for name, helptext in (
@@ -69,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
             "--full-test", action="store_true", help="evaluate on the whole test split"
         )
         sub.add_argument("--max-epochs", type=positive_int, default=None)
+        sub.add_argument(
+            "--adapter-option",
+            type=adapter_option,
+            action="append",
+            default=[],
+            help="override a field of the method's adapter preset, e.g. dropout=0.0 (ablations)",
+        )
         files = sub.add_argument_group(
             "your own backbone and data (VL-T5 or a Hugging Face VLM on VQA v2, GQA, OK-VQA)"
         )
@@ -131,6 +162,16 @@ def run(args: argparse.Namespace, command: str) -> None:
 
         for text, probability in answer(args.run, args.image, args.question):
             print(f"{probability:6.1%}  {text}")
+    elif args.command == "experts":
+        from mixphm.training.experts import diagnose, format_diagnosis
+
+        table = format_diagnosis(diagnose(args.run))
+        args.output.mkdir(parents=True, exist_ok=True)
+        (args.output / "experts.md").write_text(
+            f"Produced by `{command}`. Dev accuracy (%) on each run's own D_dev:\n\n"
+            f"```\n{table}\n```\n"
+        )
+        print(table)
     elif args.command == "pretrain":
         from mixphm.pretraining.recipe import PretrainConfig, checkpoint_dir, pretrained_backbone
 
@@ -163,7 +204,10 @@ def train_or_benchmark(args: argparse.Namespace, command: str) -> None:
                 f"({', '.join(BACKBONES)}) take --dataset easy-vqa; vlt5 and hf:<model> take "
                 f"{', '.join(EXTERNAL_DATASETS)} with --train-file and --test-file"
             )
-    specs = [RunSpec(m, k, s, b, args.max_epochs, args.mixed_precision) for b, m, k, s in grid]
+    options = tuple(args.adapter_option)
+    specs = [
+        RunSpec(m, k, s, b, args.max_epochs, args.mixed_precision, options) for b, m, k, s in grid
+    ]
     if offline:
         results = run_offline(args, specs)
         label = "easy-VQA"

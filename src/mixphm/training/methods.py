@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -71,9 +72,14 @@ def regularizer_config(method: str) -> RedundancyConfig | None:
     return RedundancyConfig(alpha=extra["alpha"], beta=extra["beta"])
 
 
-def apply_method(model: nn.Module, method: str, seed: int) -> nn.Module:
-    """Make exactly the method's parameters trainable (adding them where needed)."""
+def apply_method(
+    model: nn.Module, method: str, seed: int, adapter_options: Mapping[str, Any] | None = None
+) -> nn.Module:
+    """Make exactly the method's parameters trainable (adding them where needed).
+    ``adapter_options`` override fields of the MixPHM-family preset (ablations)."""
     settings = method_settings(method)
+    if adapter_options and method not in (*ADAPTER_METHODS, "mixphm-ra"):
+        raise ValueError(f"adapter options apply to the MixPHM family only, not to {method}")
     if method == "full":
         return model.requires_grad_(True)
     if method == "bitfit":
@@ -99,4 +105,5 @@ def apply_method(model: nn.Module, method: str, seed: int) -> nn.Module:
             config = IA3Config(target_modules=IA3_TARGETS, feedforward_modules=IA3_FEEDFORWARD)
         return inject_adapter_in_model(config, model)
     preset = "mixphm" if method == "mixphm-ra" else method
-    return add_mixphm(model, MixPHMConfig.preset(preset, routing_seed=seed))
+    options = dict(adapter_options or {})
+    return add_mixphm(model, MixPHMConfig.preset(preset, **{"routing_seed": seed, **options}))

@@ -27,7 +27,9 @@ def load_run(run_dir: Path) -> tuple[Any, list[str], dict[str, Any]]:
             raise FileNotFoundError(f"{run_dir / name} not found: {run_dir} is not a finished run")
     result = json.loads((run_dir / "result.json").read_text())
     answers = json.loads((run_dir / "answers.json").read_text())
-    model = apply_method(backbone_factory(result["backbone"])(), result["method"], result["seed"])
+    options = result.get("adapter_options", {})
+    backbone = backbone_factory(result["backbone"])()
+    model = apply_method(backbone, result["method"], result["seed"], options)
     model.load_state_dict(load_file(str(run_dir / BEST_FILE)), strict=False)
     return model.eval(), answers, result
 

@@ -53,6 +53,8 @@ class RunSpec:
     """Overrides the method's configured cap (tests and quick runs)."""
     mixed_precision: str = "no"
     """accelerate's mixed precision: "no", "bf16" or "fp16"."""
+    adapter_options: tuple[tuple[str, Any], ...] = ()
+    """MixPHMConfig fields overriding the method's preset (ablations), as (name, value)."""
 
 
 @dataclass
@@ -79,6 +81,7 @@ class RunResult:
     train_seconds: float
     epochs: int
     best_epoch: int
+    adapter_options: dict[str, Any] = field(default_factory=dict)
 
 
 def accuracy(objective: Objective, model: Any, split: Split) -> float:
@@ -115,7 +118,8 @@ def train(
         cpu=not torch.cuda.is_available(), mixed_precision=spec.mixed_precision
     )
     torch.manual_seed(spec.seed)
-    model: Any = apply_method(build_backbone(), spec.method, spec.seed)
+    options = dict(spec.adapter_options)
+    model: Any = apply_method(build_backbone(), spec.method, spec.seed, options)
     no_regularizer = RedundancyConfig(alpha=0.0, beta=0.0)
     regularizer = RedundancyRegularizer(model, regularizer_config(spec.method) or no_regularizer)
     trainable, total = parameter_counts(model)
@@ -219,6 +223,7 @@ def train(
         train_seconds=round(elapsed, 2),
         epochs=state.epoch,
         best_epoch=state.best_epoch,
+        adapter_options=options,
     )
     if accelerator.is_main_process:
         save_file({n: t.contiguous() for n, t in best.items()}, str(run_dir / BEST_FILE))
