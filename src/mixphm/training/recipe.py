@@ -1,8 +1,9 @@
-"""The training recipe: one method, one k, one seed, on the offline default backbone.
+"""The training recipe: one method, one k, one seed, on any backbone an ``Objective`` drives
+(the offline default scores candidate answers; VL-T5 and Hugging Face VLMs generate them).
 
 An explicit loop (accelerate for the device, mixed precision and DDP): AdamW, linear
-warm-up then decay, gradient clipping, the soft-score-weighted answer loss plus the
-redundancy regularizer when the method has it, a dev evaluation after every epoch with
+warm-up then decay, gradient clipping, the objective's soft-score-weighted answer loss plus
+the redundancy regularizer when the method has it, a dev evaluation after every epoch with
 early stopping, and the best-dev weights evaluated on the test split.
 
 Interrupted runs resume from ``<run_dir>/checkpoint.pt`` (written atomically after every
