@@ -6,7 +6,8 @@ import numpy as np
 
 from mixphm.data import load_easy_vqa
 from mixphm.pretraining.corpus import VOCABULARY, generate
-from mixphm.pretraining.recipe import PretrainConfig, linear_warmup_decay, pretrain
+from mixphm.pretraining.recipe import PretrainConfig, pretrain
+from mixphm.schedule import linear_warmup_decay
 
 
 def test_corpus_is_deterministic_for_a_seed_and_differs_across_seeds():

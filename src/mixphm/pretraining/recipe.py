@@ -28,6 +28,7 @@ from mixphm.backbones.offline_vlm import OfflineVLM
 from mixphm.backbones.text import encode_candidates, encode_prompts
 from mixphm.backbones.vision import GridFeatureExtractor
 from mixphm.pretraining.corpus import VOCABULARY, generate
+from mixphm.schedule import linear_warmup_decay
 
 RECIPE_VERSION = 1
 """Bump when the corpus or the recipe changes, so cached checkpoints are rebuilt."""
@@ -62,14 +63,6 @@ def checkpoint_dir(config: PretrainConfig) -> Path:
     return (
         shipped if (shipped / "pretrain_log.json").is_file() else cache_root() / "pretrained" / name
     )
-
-
-def linear_warmup_decay(step: int, total: int, warmup: float) -> float:
-    """Learning-rate factor: linear warm-up over ``warmup`` of the steps, then linear decay."""
-    warm = max(1, round(total * warmup))
-    if step < warm:
-        return (step + 1) / warm
-    return max(0.0, (total - step) / max(1, total - warm))
 
 
 def pretrain(config: PretrainConfig, output: Path | None = None) -> tuple[OfflineVLM, list[float]]:

@@ -30,8 +30,8 @@ from tqdm import tqdm
 
 from mixphm.evaluation import Scored, score, summarize
 from mixphm.inject import adapter_router, mixphm_adapters, parameter_counts
-from mixphm.pretraining.recipe import linear_warmup_decay
 from mixphm.regularization import RedundancyConfig, RedundancyRegularizer
+from mixphm.schedule import linear_warmup_decay
 from mixphm.training import checkpoint
 from mixphm.training.methods import apply_method, method_settings, regularizer_config
 from mixphm.training.objectives import Objective, Split
