@@ -28,8 +28,7 @@ from torch import Tensor, nn
 
 from mixphm.backbones.generation import Decoding, pad_rows
 
-DECODER_ONLY = {"idefics3", "smolvlm", "qwen2_vl", "paligemma"}
-FAMILIES = ("blip", *sorted(DECODER_ONLY))
+FAMILIES = ("blip", "idefics3", "paligemma", "qwen2_vl", "smolvlm")
 SUFFIX_TOKEN_TYPE = {"token_type_ids": 1, "mm_token_type_ids": 0}
 """Per-token inputs that processors return besides the ids, and their value on appended
 answer tokens: PaliGemma's prefix-LM types (suffix = 1), Qwen2-VL's modality types (text)."""
@@ -107,9 +106,9 @@ class HFVisionQA:
     def _blip_targets(self, answers: Sequence[str]) -> dict[str, Tensor]:
         """[bos] answer [sep]: BLIP's decoder starts from bos and stops at sep in generate."""
         text = self.model.config.text_config
+        bos, sep = text.bos_token_id, text.sep_token_id
         tails = [
-            [text.bos_token_id, *self.tokenizer(a, add_special_tokens=False)["input_ids"], sep]
-            for a, sep in zip(answers, [text.sep_token_id] * len(answers), strict=True)
+            [bos, *self.tokenizer(a, add_special_tokens=False)["input_ids"], sep] for a in answers
         ]
         ids, mask = pad_rows(tails, text.pad_token_id)
         return {
