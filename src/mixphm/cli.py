@@ -126,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 "--zero-shot", action="store_true", help="also score the backbone at k = 0"
             )
+            sub.add_argument(
+                "--summarize-only",
+                action="store_true",
+                help="train nothing: rebuild runs.csv, summary.md and the plots from finished runs",
+            )
     predict = commands.add_parser(
         "predict", help="answer a question about an image with a finished run"
     )
@@ -208,12 +213,13 @@ def train_or_benchmark(args: argparse.Namespace, command: str) -> None:
     specs = [
         RunSpec(m, k, s, b, args.max_epochs, args.mixed_precision, options) for b, m, k, s in grid
     ]
-    if offline:
+    label = "easy-VQA" if offline else args.dataset
+    if getattr(args, "summarize_only", False):
+        results = benchmark.collect(args.out)
+    elif offline:
         results = run_offline(args, specs)
-        label = "easy-VQA"
     else:
         results = run_files(args, specs)
-        label = args.dataset
     summary = benchmark.write_summary(results, args.out, command, label)
     for name in sorted({spec.backbone for spec in specs}):
         benchmark.plot(results, args.out, name, dataset=label)
