@@ -93,7 +93,10 @@ def offline_workload(device: torch.device, dtype: torch.dtype) -> Workload:
 def with_method(workload: Workload, method: str) -> nn.Module:
     model = workload.build()
     if method in ("mixphm", "pfeiffer"):
-        return add_mixphm(model, MixPHMConfig.preset(method, dropout=0.0))
+        # the Pfeiffer adapter gets MixPHM's bottleneck, so the two do the same work
+        reduction = MixPHMConfig().reduction_factor
+        config = MixPHMConfig.preset(method, dropout=0.0, reduction_factor=reduction)
+        return add_mixphm(model, config)
     if method == "lora":
         from peft import LoraConfig, inject_adapter_in_model
 
