@@ -80,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("pretrain", help="build (once) and cache the pretrained offline backbone")
 
     for name, helptext in (
-        ("train", "train one method at one k and seed on the offline default"),
-        ("benchmark", "methods × k × seeds on the offline default (resumable); writes the table"),
+        ("train", "train one method at one k and seed (offline default, VL-T5 or hf:<model>)"),
+        ("benchmark", "methods × k × seeds (resumable); writes the table and plots"),
     ):
         sub = commands.add_parser(name, help=helptext)
         sub.add_argument("--dataset", choices=["easy-vqa", *EXTERNAL_DATASETS], default="easy-vqa")
@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--full-test", action="store_true", help="evaluate on the whole test split"
         )
         sub.add_argument("--max-epochs", type=positive_int, default=None)
+        sub.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
         sub.add_argument(
             "--adapter-option",
             type=adapter_option,
@@ -111,7 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
         files.add_argument("--tokenizer", default="t5-base", help="VL-T5's T5 tokenizer")
         files.add_argument("--num-beams", type=positive_int, default=1)
         files.add_argument("--max-new-tokens", type=positive_int, default=10)
-        files.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
         if name == "train":
             sub.add_argument("--backbone", type=backbone, default="pretrained")
             sub.add_argument("--method", choices=METHODS, required=True)
