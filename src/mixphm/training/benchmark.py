@@ -69,12 +69,25 @@ def zero_shot(backbone: str, out: Path, test_limit: int | None) -> RunResult:
     return result
 
 
+def pending(specs: Sequence[RunSpec], out: Path) -> list[RunSpec]:
+    """The specs without a finished run (``result.json``) under ``out``, said aloud."""
+    todo = [s for s in specs if not (run_dir(out, s) / "result.json").is_file()]
+    print(f"{len(specs) - len(todo)} of {len(specs)} runs already finished; {len(todo)} to go")
+    return todo
+
+
+def report(result: RunResult) -> None:
+    print(
+        f"{result.method} k={result.k} seed={result.seed} ({result.backbone}): "
+        f"dev {result.dev_accuracy:.1f}, test {result.test_accuracy:.1f}"
+    )
+
+
 def run_grid(
     specs: Sequence[RunSpec], out: Path, test_limit: int | None = 2000, workers: int = 1
 ) -> list[RunResult]:
     """Train every spec without a result yet; ``workers`` processes share the cores."""
-    todo = [s for s in specs if not (run_dir(out, s) / "result.json").is_file()]
-    print(f"{len(specs) - len(todo)} of {len(specs)} runs already finished; {len(todo)} to go")
+    todo = pending(specs, out)
     for backbone in sorted({s.backbone for s in todo}):
         backbone_factory(backbone)  # build shared artefacts once, before the workers start
     if todo:
@@ -84,10 +97,7 @@ def run_grid(
             workers, mp_context=context, initializer=_worker_init, initargs=(test_limit, threads)
         ) as pool:
             for result in pool.map(_run_one, todo, [out] * len(todo)):
-                print(
-                    f"{result.method} k={result.k} seed={result.seed} ({result.backbone}): "
-                    f"dev {result.dev_accuracy:.1f}, test {result.test_accuracy:.1f}"
-                )
+                report(result)
     return collect(out)
 
 

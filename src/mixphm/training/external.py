@@ -73,17 +73,16 @@ def build_generative(backbone: str, checkpoint: Path | None, tokenizer: str) -> 
 
 def run_external(
     spec: RunSpec,
-    data: ExternalData,
+    pool: VQADataset,
+    test: VQADataset,
     checkpoint: Path | None,
     tokenizer: str,
     decoding: Decoding,
     run_dir: Path,
 ) -> RunResult:
-    """One run of the protocol: k questions to train and k for dev sampled from the
-    training files with the seed, the best-dev weights scored on the test files."""
-    pool = data.load(data.train_files, "train")
+    """One run of the protocol: k questions to train and k for dev sampled from ``pool``
+    with the seed, the best-dev weights scored on ``test``."""
     sampled = sample_low_resource(pool, spec.k, spec.seed)
-    test = data.load(data.test_files, "test")
     vqa = build_generative(spec.backbone, checkpoint, tokenizer)
     objective = AnswerGeneration(vqa, spec.seed, decoding)
     splits = (sampled.train, sampled.dev, test)
@@ -99,15 +98,15 @@ def run_external_grid(
     out: Path,
 ) -> list[RunResult]:
     """Every spec without a result yet, one after another (one accelerator, or DDP under
-    ``accelerate launch``); finished runs are skipped, interrupted ones resume."""
-    from mixphm.training.benchmark import collect, run_dir
+    ``accelerate launch``); finished runs are skipped, interrupted ones resume. The split
+    files are read once for the whole grid."""
+    from mixphm.training.benchmark import collect, pending, report, run_dir
 
-    todo = [s for s in specs if not (run_dir(out, s) / "result.json").is_file()]
-    print(f"{len(specs) - len(todo)} of {len(specs)} runs already finished; {len(todo)} to go")
-    for spec in todo:
-        result = run_external(spec, data, checkpoint, tokenizer, decoding, run_dir(out, spec))
-        print(
-            f"{result.method} k={result.k} seed={result.seed} ({result.backbone}): "
-            f"dev {result.dev_accuracy:.1f}, test {result.test_accuracy:.1f}"
-        )
+    todo = pending(specs, out)
+    if todo:
+        pool = data.load(data.train_files, "train")
+        test = data.load(data.test_files, "test")
+        for spec in todo:
+            directory = run_dir(out, spec)
+            report(run_external(spec, pool, test, checkpoint, tokenizer, decoding, directory))
     return collect(out)
