@@ -5,7 +5,9 @@
 - ``AnswerGeneration``: VL-T5 and Hugging Face VLMs generate answers. Each epoch, every
   question's target is drawn from its answers in proportion to their soft scores (as the
   VL-T5 code does), from a generator seeded by (seed, epoch, question), so a resumed run
-  draws the same targets. Splits are ``VQADataset``; visual inputs are loaded once.
+  draws the same targets. Splits are ``VQADataset``; the training questions' visual inputs
+  are held in memory after their first epoch, evaluation reads them from their source (the
+  regions of a whole VQA v2 test split would need ~12 GB).
 """
 
 from __future__ import annotations
@@ -139,11 +141,15 @@ class AnswerGeneration:
         self.answer_set: tuple[str, ...] | None = None
         self._visuals: dict[str, Any] = {}
 
-    def visuals(self, dataset: VQADataset, examples: Sequence[VQAExample]) -> list[Any]:
-        for e in examples:
-            if e.image_id not in self._visuals:
-                self._visuals[e.image_id] = dataset.visual.load(e.image_id)
-        return [self._visuals[e.image_id] for e in examples]
+    def visuals(self, dataset: VQADataset, examples: Sequence[VQAExample], keep: bool) -> list[Any]:
+        """The examples' visual inputs; ``keep`` holds them in memory for later epochs."""
+        cache, source = self._visuals, dataset.visual
+        loaded = [
+            cache[e.image_id] if e.image_id in cache else source.load(e.image_id) for e in examples
+        ]
+        if keep:
+            self._visuals.update((e.image_id, v) for e, v in zip(examples, loaded, strict=True))
+        return loaded
 
     def loss(
         self, model: Any, split: VQADataset, rows: Tensor, epoch: int
@@ -152,7 +158,7 @@ class AnswerGeneration:
         targets = [draw_target(e, self.seed, epoch) for e in examples]
         return self.vqa.training_loss(
             model,
-            self.visuals(split, examples),
+            self.visuals(split, examples, keep=True),
             [e.question for e in examples],
             [answer for answer, _ in targets],
             torch.tensor([score for _, score in targets]),
@@ -165,6 +171,6 @@ class AnswerGeneration:
         for start in range(0, len(split), self.batch):
             examples = split.examples[start : start + self.batch]
             questions = [e.question for e in examples]
-            visuals = self.visuals(split, examples)
+            visuals = self.visuals(split, examples, keep=False)  # test: read once, not held
             predictions.extend(self.vqa.answer(visuals, questions, self.decoding))
         return predictions
