@@ -31,6 +31,7 @@ import transformers as tf
 from torch import Tensor, nn
 
 from mixphm import MixPHMConfig, add_mixphm, merge_experts
+from mixphm.optim import adamw
 from mixphm.phm import PHMProjection, PHMRule
 
 
@@ -129,10 +130,10 @@ def median_seconds(step: Callable[[], Any], device: torch.device, warmup: int, r
 
 
 def train_step(workload: Workload, model: nn.Module, floor: bool) -> tuple[Callable[[], None], Any]:
-    """One forward + backward (+ AdamW step when anything trains). The floor makes the
-    inputs require grad instead, so backward runs through the frozen model only."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4) if params else None
+    """One forward + backward (+ the recipe's AdamW step when anything trains). The floor
+    makes the inputs require grad instead, so backward runs through the frozen model only."""
+    trains = any(p.requires_grad for p in model.parameters())
+    optimizer = adamw(model, lr=1e-4, weight_decay=0.0) if trains else None
     batch = dict(workload.inputs)
     if floor:
         key = "inputs_embeds" if "inputs_embeds" in batch else "visual"

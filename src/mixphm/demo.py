@@ -17,6 +17,7 @@ from tqdm import tqdm
 from mixphm.assets import load_minilm
 from mixphm.config import PRESETS, MixPHMConfig
 from mixphm.inject import add_mixphm, merge_experts, mixphm_adapters, parameter_counts
+from mixphm.optim import adamw
 from mixphm.serialization import load_adapter, save_adapter
 
 SENTENCES = [
@@ -63,7 +64,7 @@ def run_preset(preset: str, output_dir: Path, seed: int = 0) -> DemoRow:
         return torch.nn.functional.mse_loss(hidden, target).item(), hidden
 
     loss_before, _ = merged_loss()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    optimizer = adamw(model, lr=3e-3, weight_decay=0.0)
     model.train()
     start = time.perf_counter()
     for _ in range(STEPS):

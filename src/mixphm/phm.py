@@ -48,7 +48,12 @@ class PHMProjection(nn.Module):
 
     Factors: ``left`` (E, n, d_in/n, r) and ``right`` (E, n, r, d_out/n) when low-rank,
     else ``blocks`` (E, n, d_in/n, d_out/n); ``bias`` (E, d_out). All experts start equal.
+
+    ``routed`` (E,) bool records which experts entered a differentiable forward since the
+    optimizer last stepped: ``ExpertAdamW`` updates those and leaves the others untouched.
     """
+
+    routed: Tensor
 
     def __init__(
         self,
@@ -76,6 +81,7 @@ class PHMProjection(nn.Module):
             self.right = nn.Parameter(self._init_block(num_experts, phm_dim, rank, q))
         self.bias = nn.Parameter(torch.zeros(num_experts, d_out))
         self.low_rank = rank is not None
+        self.register_buffer("routed", torch.zeros(num_experts, dtype=torch.bool), persistent=False)
 
     def _init_block(self, num_experts: int, n: int, rows: int, cols: int) -> Tensor:
         """Expert 0's matrices, copied to every expert.
@@ -105,6 +111,9 @@ class PHMProjection(nn.Module):
         A routed ``index`` is a 0-dim long tensor on the parameters' device, so the choice
         never leaves the device and the graph is the same for every expert.
         """
+        if self.num_experts > 1 and torch.is_grad_enabled():
+            index_tensor = torch.as_tensor(index, device=self.routed.device).view(1)
+            self.routed.index_fill_(0, index_tensor, True)
         chosen = tuple(f[index] for f in self.factors())
         return phm_weight_t(self._blocks(chosen), self._rule()), self.bias[index]
 
@@ -114,6 +123,8 @@ class PHMProjection(nn.Module):
         ``factors`` averages T, U (or B) and then builds one weight (reference code);
         ``products`` builds every expert's weight and averages those.
         """
+        if torch.is_grad_enabled():
+            self.routed.fill_(True)
         if mode == "factors":
             mean = tuple(f.mean(0) for f in self.factors())
             weight_t = phm_weight_t(self._blocks(mean), self._rule())

@@ -1,7 +1,8 @@
 """The training recipe: one method, one k, one seed, on any backbone an ``Objective`` drives
 (the offline default scores candidate answers; VL-T5 and Hugging Face VLMs generate them).
 
-An explicit loop (accelerate for the device, mixed precision and DDP): AdamW, linear
+An explicit loop (accelerate for the device, mixed precision and DDP): AdamW (per-expert
+state for routed experts, ``mixphm.optim``), linear
 warm-up then decay, gradient clipping, the objective's soft-score-weighted answer loss plus
 the redundancy regularizer when the method has it, a dev evaluation after every epoch with
 early stopping, and the best-dev weights evaluated on the test split.
@@ -30,6 +31,7 @@ from tqdm import tqdm
 
 from mixphm.evaluation import Scored, score, summarize
 from mixphm.inject import adapter_router, mixphm_adapters, parameter_counts
+from mixphm.optim import adamw
 from mixphm.regularization import RedundancyConfig, RedundancyRegularizer
 from mixphm.schedule import linear_warmup_decay
 from mixphm.training import checkpoint
@@ -125,7 +127,7 @@ def train(
     regularizer = RedundancyRegularizer(model, regularizer_config(spec.method) or no_regularizer)
     trainable, total = parameter_counts(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = adamw(model, lr=settings.lr, weight_decay=settings.weight_decay)
     steps_per_epoch = math.ceil(len(train_split) / settings.batch_size)
     total_steps = max_epochs * steps_per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(

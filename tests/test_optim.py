@@ -1,0 +1,138 @@
+"""ExpertAdamW: stacked experts train exactly like separate modules under torch's AdamW."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny_models import bert
+from torch import nn
+
+from mixphm import MixPHMConfig, add_mixphm, mixphm_adapters
+from mixphm.optim import ExpertAdamW, adamw, routed_parameters
+from mixphm.phm import PHMProjection, PHMRule, low_rank_blocks, phm_weight_t
+
+ROUTES = [0, 0, 2, 0, 2, 2, 0, 2, 1]
+HYPER = {"lr": 1e-2, "weight_decay": 0.1}
+
+
+def stacked_projection(num_experts: int = 3) -> PHMProjection:
+    torch.manual_seed(0)
+    projection = PHMProjection(8, 12, num_experts, 4, 2, PHMRule(4)).double()
+    with torch.no_grad():  # distinct experts, so a mix-up between them shows
+        for p in projection.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return projection
+
+
+def loss_of(weight_t, bias, x):
+    return F.linear(x, weight_t, bias).pow(2).sum()
+
+
+def test_stacked_experts_match_separate_modules_under_torch_adamw():
+    projection = stacked_projection()
+    rule = nn.Parameter(projection.rule.S.detach().clone())
+    separate = [
+        {
+            n: nn.Parameter(getattr(projection, n)[e].detach().clone())
+            for n in ("left", "right", "bias")
+        }
+        for e in range(projection.num_experts)
+    ]
+    reference = torch.optim.AdamW([rule, *(p for e in separate for p in e.values())], **HYPER)
+    optimizer = ExpertAdamW(list(projection.parameters()), routed_parameters(projection), **HYPER)
+    x = torch.randn(5, 8, dtype=torch.float64)
+    for chosen in ROUTES:
+        loss_of(*projection.expert(torch.tensor(chosen)), x).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        expert = separate[chosen]
+        weight_t = phm_weight_t(low_rank_blocks(expert["left"], expert["right"]), rule)
+        loss_of(weight_t, expert["bias"], x).backward()
+        reference.step()
+        reference.zero_grad()  # set_to_none: unrouted experts are skipped, as in the reference
+
+    for e, expert in enumerate(separate):
+        for name, param in expert.items():
+            torch.testing.assert_close(getattr(projection, name)[e], param, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(projection.rule.S, rule, rtol=1e-10, atol=1e-12)
+    steps = optimizer.state[projection.left]["step"].flatten().tolist()
+    assert steps == [ROUTES.count(e) for e in range(3)]
+
+
+def test_an_unrouted_expert_stays_put_where_plain_adamw_moves_it():
+    def train(make_optimizer):
+        projection = stacked_projection()
+        optimizer = make_optimizer(projection)
+        x = torch.randn(5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        for chosen in (0, 0, 1):
+            before = projection.left[0].detach().clone()
+            loss_of(*projection.expert(torch.tensor(chosen)), x).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        return torch.equal(projection.left[0], before)
+
+    assert train(lambda p: ExpertAdamW(list(p.parameters()), routed_parameters(p), **HYPER))
+    assert not train(lambda p: torch.optim.AdamW(p.parameters(), **HYPER))
+
+
+def test_without_routed_experts_the_update_is_torch_adamw():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    twin = nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    twin.load_state_dict(model.state_dict())
+    ours = ExpertAdamW(model.parameters(), {}, **HYPER)
+    theirs = torch.optim.AdamW(twin.parameters(), **HYPER)
+    x = torch.randn(7, 6, dtype=torch.float64)
+    for _ in range(5):
+        for net, optimizer in ((model, ours), (twin, theirs)):
+            net(x).pow(2).sum().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert isinstance(adamw(twin, **HYPER), torch.optim.AdamW)
+
+
+def test_a_reloaded_optimizer_continues_exactly():
+    def run(split_at: int | None):
+        projection = stacked_projection()
+        optimizer = ExpertAdamW(
+            list(projection.parameters()), routed_parameters(projection), **HYPER
+        )
+        x = torch.randn(5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+        for i, chosen in enumerate(ROUTES):
+            if i == split_at:
+                saved = optimizer.state_dict()
+                optimizer = ExpertAdamW(
+                    list(projection.parameters()), routed_parameters(projection), **HYPER
+                )
+                optimizer.load_state_dict(saved)
+            loss_of(*projection.expert(torch.tensor(chosen)), x).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        return [p.detach().clone() for p in projection.parameters()]
+
+    for a, b in zip(run(None), run(4), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_the_model_optimizer_knows_every_routed_expert_and_gradients_through_merging_count():
+    model = add_mixphm(bert().model, MixPHMConfig(reduction_factor=3))
+    assert isinstance(adamw(model, **HYPER), ExpertAdamW)
+    adapters = [adapter for _, adapter in mixphm_adapters(model)]
+    expected = {id(p) for a in adapters for p in (a.up.left, a.up.right, a.up.bias)}
+    assert {id(p) for p in routed_parameters(model)} == expected
+
+    up = adapters[0].up
+    with torch.no_grad():
+        up.expert(torch.tensor(1))
+    assert not up.routed.any()  # no graph, nothing to update
+    up.expert(torch.tensor(1))
+    assert up.routed.tolist() == [False, True, False, False]
+    up.merged("factors")
+    assert up.routed.all()
+
+
+@pytest.mark.parametrize("preset", ["pfeiffer", "houlsby", "compacter"])
+def test_single_expert_adapters_use_torch_adamw(preset):
+    model = add_mixphm(bert().model, MixPHMConfig.preset(preset, reduction_factor=3))
+    assert type(adamw(model, **HYPER)) is torch.optim.AdamW
