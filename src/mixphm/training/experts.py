@@ -14,7 +14,7 @@ import torch
 from mixphm.inject import mixphm_adapters
 from mixphm.training.objectives import CandidateScoring
 from mixphm.training.predict import load_run
-from mixphm.training.recipe import accuracy
+from mixphm.training.recipe import accuracy, trainable_state
 from mixphm.training.setup import OfflineSetup
 
 
@@ -47,8 +47,9 @@ def diagnose(runs: list[Path], test_limit: int = 2000) -> list[ExpertDiagnosis]:
         label = f"{result['method']} k={result['k']} seed={result['seed']}"
         variants = ["merge factors", "merge products"]
         variants += [f"expert {e}" for e in range(adapters[0].up.num_experts)]
+        trained = trainable_state(model)
         for variant in variants:
-            model, _, _ = load_run(directory)
+            model.load_state_dict(trained, strict=False)
             if variant.startswith("expert"):
                 single_expert(model, int(variant.split()[1]))
             for _, adapter in mixphm_adapters(model):
