@@ -1,5 +1,7 @@
 """ExpertAdamW: stacked experts train exactly like separate modules under torch's AdamW."""
 
+import io
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -100,8 +102,11 @@ def test_a_reloaded_optimizer_continues_exactly():
         )
         x = torch.randn(5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
         for i, chosen in enumerate(ROUTES):
-            if i == split_at:
-                saved = optimizer.state_dict()
+            if i == split_at:  # through bytes, as a checkpoint would
+                buffer = io.BytesIO()
+                torch.save(optimizer.state_dict(), buffer)
+                buffer.seek(0)
+                saved = torch.load(buffer)
                 optimizer = ExpertAdamW(
                     list(projection.parameters()), routed_parameters(projection), **HYPER
                 )

@@ -2,10 +2,10 @@
 (the offline default scores candidate answers; VL-T5 and Hugging Face VLMs generate them).
 
 An explicit loop (accelerate for the device, mixed precision and DDP): AdamW (per-expert
-state for routed experts, ``mixphm.optim``), linear
-warm-up then decay, gradient clipping, the objective's soft-score-weighted answer loss plus
-the redundancy regularizer when the method has it, a dev evaluation after every epoch with
-early stopping, and the best-dev weights evaluated on the test split.
+state for routed experts, ``mixphm.optim``), linear warm-up then decay, gradient clipping,
+the objective's soft-score-weighted answer loss plus the redundancy regularizer when the
+method has it, a dev evaluation after every epoch with early stopping, and the best-dev
+weights evaluated on the test split.
 
 Interrupted runs resume from ``<run_dir>/checkpoint.pt`` (written atomically after every
 epoch) and end exactly as an uninterrupted run: the data order of epoch e depends only on
