@@ -22,6 +22,8 @@ class MixPHMAdapter(nn.Module):
     they are rebuilt differentiably on each call.
     """
 
+    router_slot: Tensor
+
     def __init__(
         self,
         d_model: int,
@@ -44,13 +46,16 @@ class MixPHMAdapter(nn.Module):
         self.merge_mode = config.merge
         self.router = router
         self.layer_index = layer_index
+        # the router slot as a tensor: an int attribute would make torch.compile specialise
+        # (and recompile) the forward for every adapter of the model
+        self.register_buffer("router_slot", torch.tensor(layer_index), persistent=False)
         self._cache: MergedWeights | None = None
         self._cache_versions: tuple[int, ...] = ()
 
     def forward(self, h: Tensor) -> Tensor:
         if self.training:
             down_w, down_b = self.down.expert(0)
-            up_w, up_b = self.up.expert(self.router.choices[self.layer_index])
+            up_w, up_b = self.up.expert(self.router.choices[self.router_slot])
         else:
             down_w, down_b, up_w, up_b = self.merged_weights()
         dtype = h.dtype
