@@ -40,6 +40,7 @@ class ExpertAdamW(torch.optim.Optimizer):
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
         super().__init__(params, defaults)
         self.experts = dict(experts)
+        self._projections = list(dict.fromkeys(self.experts.values()))
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
@@ -51,7 +52,7 @@ class ExpertAdamW(torch.optim.Optimizer):
             for param in group["params"]:
                 if param.grad is not None:
                     self._update(param, group)
-        for projection in set(self.experts.values()):
+        for projection in self._projections:
             projection.routed.zero_()
         return loss
 

@@ -148,7 +148,7 @@ class AnswerGeneration:
             cache[e.image_id] if e.image_id in cache else source.load(e.image_id) for e in examples
         ]
         if keep:
-            self._visuals.update((e.image_id, v) for e, v in zip(examples, loaded, strict=True))
+            cache.update((e.image_id, v) for e, v in zip(examples, loaded, strict=True))
         return loaded
 
     def loss(
@@ -171,6 +171,6 @@ class AnswerGeneration:
         for start in range(0, len(split), self.batch):
             examples = split.examples[start : start + self.batch]
             questions = [e.question for e in examples]
-            visuals = self.visuals(split, examples, keep=False)  # test: read once, not held
+            visuals = self.visuals(split, examples, keep=False)  # dev/test: read, not held
             predictions.extend(self.vqa.answer(visuals, questions, self.decoding))
         return predictions
