@@ -141,3 +141,30 @@ def test_the_model_optimizer_knows_every_routed_expert_and_gradients_through_mer
 def test_single_expert_adapters_use_torch_adamw(preset):
     model = add_mixphm(bert().model, MixPHMConfig.preset(preset, reduction_factor=3))
     assert type(adamw(model, **HYPER)) is torch.optim.AdamW
+
+
+def test_a_skipped_step_does_not_carry_its_expert_into_the_next():
+    """A GradScaler skips ``step`` on inf/nan gradients; zero_grad still clears the record."""
+    projection = stacked_projection()
+    optimizer = ExpertAdamW(list(projection.parameters()), routed_parameters(projection), **HYPER)
+    x = torch.randn(5, 8, dtype=torch.float64)
+    loss_of(*projection.expert(torch.tensor(0)), x).backward()
+    optimizer.step()  # expert 0 now has momentum that a spurious update would apply
+    optimizer.zero_grad()
+    loss_of(*projection.expert(torch.tensor(0)), x).backward()
+    optimizer.zero_grad()  # the step was skipped
+    before = projection.left[0].detach().clone()
+    loss_of(*projection.expert(torch.tensor(1)), x).backward()
+    optimizer.step()
+    assert torch.equal(projection.left[0], before)
+    assert optimizer.state[projection.left]["step"].flatten().tolist() == [1, 1, 0]
+
+
+def test_zero_grad_between_forward_and_backward_is_refused():
+    projection = stacked_projection()
+    optimizer = ExpertAdamW(list(projection.parameters()), routed_parameters(projection), **HYPER)
+    loss = loss_of(*projection.expert(torch.tensor(0)), torch.randn(5, 8, dtype=torch.float64))
+    optimizer.zero_grad()
+    loss.backward()
+    with pytest.raises(RuntimeError, match="call it before the forward pass"):
+        optimizer.step()

@@ -6,6 +6,10 @@ momentum, decay it, and count the step in its bias correction. With the experts 
 separate modules (the reference code sets every ``.grad`` to None after a step), AdamW
 skips an unrouted expert entirely. ``ExpertAdamW`` reproduces that: moments, weight decay
 and the step count of expert e change only in steps in which e was routed.
+
+The routing record is cleared by ``step`` and by ``zero_grad``, so a step that a
+``GradScaler`` skips (inf/nan gradients under fp16) does not carry its expert into the
+next step. Call ``zero_grad`` before the forward pass, not between forward and backward.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ class ExpertAdamW(torch.optim.Optimizer):
     """AdamW (Loshchilov & Hutter) with per-expert state for stacked expert parameters.
 
     ``experts`` maps each stacked parameter (E, ...) to the projection whose ``routed``
-    (E,) mask says which experts a step used; the mask is cleared after every step. Other
-    parameters get torch's AdamW update. State per parameter: ``step`` (per expert,
+    (E,) mask says which experts a step used; ``step`` and ``zero_grad`` clear the mask.
+    Other parameters get torch's AdamW update. State per parameter: ``step`` (per expert,
     (E, 1, ..., 1), for stacked parameters; a scalar otherwise), ``exp_avg``, ``exp_avg_sq``.
     """
 
@@ -41,6 +45,7 @@ class ExpertAdamW(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.experts = dict(experts)
         self._projections = list(dict.fromkeys(self.experts.values()))
+        self._order_checked = False
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
@@ -48,13 +53,40 @@ class ExpertAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if not self._order_checked:
+            self._check_routing_recorded()
         for group in self.param_groups:
             for param in group["params"]:
                 if param.grad is not None:
                     self._update(param, group)
+        self._clear_routing()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        super().zero_grad(set_to_none)
+        self._clear_routing()
+
+    def _clear_routing(self) -> None:
         for projection in self._projections:
             projection.routed.zero_()
-        return loss
+
+    def _check_routing_recorded(self) -> None:
+        """A nonzero gradient with no routed expert means zero_grad ran between forward and
+        backward and erased the record; checked on the first step only (host syncs)."""
+        unrecorded = [
+            param
+            for param, projection in self.experts.items()
+            if param.grad is not None
+            and bool(param.grad.any())
+            and not bool(projection.routed.any())
+        ]
+        if unrecorded:
+            raise RuntimeError(
+                f"ExpertAdamW: {len(unrecorded)} stacked expert parameters have gradients but "
+                "no routed expert was recorded; zero_grad() clears the routing record, so "
+                "call it before the forward pass (zero_grad, forward, backward, step)"
+            )
+        self._order_checked = True
 
     def _update(self, param: Tensor, group: dict[str, Any]) -> None:
         grad = param.grad

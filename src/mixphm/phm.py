@@ -50,7 +50,8 @@ class PHMProjection(nn.Module):
     else ``blocks`` (E, n, d_in/n, d_out/n); ``bias`` (E, d_out). All experts start equal.
 
     ``routed`` (E,) bool records which experts entered a differentiable forward since the
-    optimizer last stepped: ``ExpertAdamW`` updates those and leaves the others untouched.
+    optimizer last stepped or zeroed gradients: ``ExpertAdamW`` updates those and leaves
+    the others untouched.
     """
 
     routed: Tensor
