@@ -2,6 +2,8 @@
 from a ``*_obj36.h5`` file in the real layout, released-key checkpoints, and training
 through the recipe with MixPHM and the redundancy regularizer."""
 
+from collections import Counter
+
 import pytest
 import torch
 import transformers as tf
@@ -216,3 +218,28 @@ def test_the_recipe_trains_vlt5(obj36, tmp_path, method):
     assert 0 < result.trainable_parameters < result.total_parameters
     assert (tmp_path / method / "result.json").is_file()
     assert not (tmp_path / method / "answers.json").exists()  # open-vocabulary answers
+
+
+class CountingSource:
+    """A real visual source that counts its reads."""
+
+    def __init__(self, source: RegionFeatureFile) -> None:
+        self.source, self.reads = source, Counter()
+
+    def __contains__(self, image_id: str) -> bool:
+        return image_id in self.source
+
+    def load(self, image_id: str):
+        self.reads[image_id] += 1
+        return self.source.load(image_id)
+
+
+def test_dev_visuals_are_read_once_and_test_visuals_every_time(obj36):
+    model = vqa(obj36)
+    for keep_inputs, reads in ((True, 1), (False, 2)):
+        objective = AnswerGeneration(model, seed=13, decoding=Decoding(max_new_tokens=2))
+        source = CountingSource(obj36)
+        split = VQADataset("toy", "dev", dataset(obj36, 8).examples, source)
+        first = objective.predict(model.model, split, keep_inputs)
+        assert objective.predict(model.model, split, keep_inputs) == first
+        assert dict(source.reads) == dict.fromkeys(IMAGES, reads)

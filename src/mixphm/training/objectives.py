@@ -5,9 +5,9 @@
 - ``AnswerGeneration``: VL-T5 and Hugging Face VLMs generate answers. Each epoch, every
   question's target is drawn from its answers in proportion to their soft scores (as the
   VL-T5 code does), from a generator seeded by (seed, epoch, question), so a resumed run
-  draws the same targets. Splits are ``VQADataset``; the training questions' visual inputs
-  are held in memory after their first epoch, evaluation reads them from their source (the
-  regions of a whole VQA v2 test split would need ~12 GB).
+  draws the same targets. Splits are ``VQADataset``; the visual inputs of the training and
+  dev questions (k each) are held in memory after their first epoch, the test split's are
+  read from their source (the regions of a whole VQA v2 test split would need ~12 GB).
 """
 
 from __future__ import annotations
@@ -53,8 +53,10 @@ class Objective(Protocol):
         ``model`` is the (possibly DDP-wrapped) model to call."""
         ...
 
-    def predict(self, model: Any, split: Any) -> list[str]:
-        """One answer string per question of the split, with merged adapters."""
+    def predict(self, model: Any, split: Any, keep_inputs: bool = False) -> list[str]:
+        """One answer string per question of the split, with merged adapters.
+        ``keep_inputs``: the split is asked again (dev, every epoch), so inputs read from
+        disk may be held in memory for the next call."""
         ...
 
 
@@ -86,8 +88,11 @@ class CandidateScoring:
         return soft_cross_entropy(logits, targets), {ENCODER_STACK: encoder_mask}
 
     @torch.no_grad()
-    def predict(self, model: Any, split: EncodedSplit, batch: int = 256) -> list[str]:
-        """Argmax candidate per question, the candidates encoded once."""
+    def predict(
+        self, model: Any, split: EncodedSplit, keep_inputs: bool = False, batch: int = 256
+    ) -> list[str]:
+        """Argmax candidate per question, the candidates encoded once. An encoded split
+        already holds its inputs, so ``keep_inputs`` changes nothing."""
         prepare_inference(model)
         device = next(model.parameters()).device
         answers = model.encode_answers(
@@ -142,14 +147,17 @@ class AnswerGeneration:
         self._visuals: dict[str, Any] = {}
 
     def visuals(self, dataset: VQADataset, examples: Sequence[VQAExample], keep: bool) -> list[Any]:
-        """The examples' visual inputs; ``keep`` holds them in memory for later epochs."""
-        cache, source = self._visuals, dataset.visual
-        loaded = [
-            cache[e.image_id] if e.image_id in cache else source.load(e.image_id) for e in examples
-        ]
+        """The examples' visual inputs, each image read once (questions share images);
+        ``keep`` holds them in memory for later epochs."""
+        cache = self._visuals
+        read = {
+            image_id: dataset.visual.load(image_id)
+            for image_id in dict.fromkeys(e.image_id for e in examples)
+            if image_id not in cache
+        }
         if keep:
-            cache.update((e.image_id, v) for e, v in zip(examples, loaded, strict=True))
-        return loaded
+            cache.update(read)
+        return [cache[e.image_id] if e.image_id in cache else read[e.image_id] for e in examples]
 
     def loss(
         self, model: Any, split: VQADataset, rows: Tensor, epoch: int
@@ -165,12 +173,12 @@ class AnswerGeneration:
         )
 
     @torch.no_grad()
-    def predict(self, model: Any, split: VQADataset) -> list[str]:
+    def predict(self, model: Any, split: VQADataset, keep_inputs: bool = False) -> list[str]:
         prepare_inference(model)
         predictions: list[str] = []
         for start in range(0, len(split), self.batch):
             examples = split.examples[start : start + self.batch]
             questions = [e.question for e in examples]
-            visuals = self.visuals(split, examples, keep=False)  # dev/test: read, not held
+            visuals = self.visuals(split, examples, keep=keep_inputs)
             predictions.extend(self.vqa.answer(visuals, questions, self.decoding))
         return predictions

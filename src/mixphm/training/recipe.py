@@ -87,9 +87,9 @@ class RunResult:
     adapter_options: dict[str, Any] = field(default_factory=dict)
 
 
-def accuracy(objective: Objective, model: Any, split: Split) -> float:
-    """Accuracy in percent with the split's metric."""
-    predicted = objective.predict(model, split)
+def accuracy(objective: Objective, model: Any, split: Split, keep_inputs: bool = False) -> float:
+    """Accuracy in percent with the split's metric (``keep_inputs``: see Objective.predict)."""
+    predicted = objective.predict(model, split, keep_inputs)
     report = summarize(
         Scored(score(e, p, split.metric), e.question_type, e.answer_type)
         for e, p in zip(split.examples, predicted, strict=True)
@@ -186,7 +186,7 @@ def train(
             epoch_loss += loss.detach()
         state.train_loss.append(epoch_loss.item() / steps_per_epoch)
         elapsed += time.perf_counter() - started
-        dev = accuracy(objective, model, dev_split)
+        dev = accuracy(objective, model, dev_split, keep_inputs=True)
         state.dev_history.append(dev)
         if dev > state.best_dev:
             state.best_dev, state.best_epoch, state.stale = dev, epoch, 0
