@@ -57,11 +57,11 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path, monkeypatc
     evaluations = {"count": 0}
     original = recipe.accuracy
 
-    def interrupted(*args):
+    def interrupted(*args, **kwargs):
         evaluations["count"] += 1
         if evaluations["count"] == 3:  # during the third epoch's dev evaluation
             raise KeyboardInterrupt
-        return original(*args)
+        return original(*args, **kwargs)
 
     monkeypatch.setattr(recipe, "accuracy", interrupted)
     with pytest.raises(KeyboardInterrupt):
@@ -111,7 +111,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
 
 
 def test_early_stopping_after_patience_evaluations(tmp_path, monkeypatch):
-    monkeypatch.setattr(recipe, "accuracy", lambda *args: 50.0)
+    monkeypatch.setattr(recipe, "accuracy", lambda *args, **kwargs: 50.0)
     patience = method_settings("pfeiffer").patience
     result = run("pfeiffer", tmp_path, epochs=patience + 10)
     assert result.epochs == patience + 1 and result.best_epoch == 0
