@@ -186,7 +186,9 @@ def naive_phm_forward(x: Tensor, rule: Tensor, left: Tensor, right: Tensor, bias
 
 
 def phm_layer(device: torch.device, dtype: torch.dtype, warmup: int, reps: int) -> dict[str, float]:
-    """768 → 64, n = 4, rank 8, 16 × 56 tokens: forward + backward, and cached inference."""
+    """768 → 64, n = 4, rank 8, 16 × 56 tokens: forward + backward, and cached inference.
+    Also a dense layer of the same shape whose weight is a parameter: the floor of any
+    implementation that multiplies by the full weight."""
     torch.manual_seed(0)
     rule = PHMRule(4).to(device, dtype)
     projection = PHMProjection(768, 64, 1, 4, 8, rule).to(device, dtype)
@@ -199,6 +201,12 @@ def phm_layer(device: torch.device, dtype: torch.dtype, warmup: int, reps: int) 
 
     def naive_train() -> None:
         naive_phm_forward(x, rule.S, left, right, bias).sum().backward()
+
+    dense_weight = nn.Parameter(torch.randn(64, 768, device=device, dtype=dtype) / 768**0.5)
+    dense_bias = nn.Parameter(torch.zeros(64, device=device, dtype=dtype))
+
+    def dense_train() -> None:
+        F.linear(x, dense_weight, dense_bias).sum().backward()
 
     with torch.no_grad():
         cached_weight, cached_bias = projection.merged("factors")
@@ -220,6 +228,7 @@ def phm_layer(device: torch.device, dtype: torch.dtype, warmup: int, reps: int) 
     return {
         "phm_train_ours_ms": 1e3 * median_seconds(ours_train, device, warmup, reps),
         "phm_train_naive_ms": 1e3 * median_seconds(naive_train, device, warmup, reps),
+        "phm_train_dense_ms": 1e3 * median_seconds(dense_train, device, warmup, reps),
         "phm_infer_ours_ms": 1e3 * median_seconds(ours_infer, device, warmup, reps),
         "phm_infer_naive_ms": 1e3 * median_seconds(naive_infer, device, warmup, reps),
     }
@@ -281,6 +290,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "infer_merged_over_base": timings["infer_mixphm_ms"] / timings["infer_base_ms"],
         "phm_layer_speedup_over_naive": timings["phm_train_naive_ms"]
         / timings["phm_train_ours_ms"],
+        "phm_layer_over_dense": timings["phm_train_ours_ms"] / timings["phm_train_dense_ms"],
+        "phm_layer_naive_over_dense": timings["phm_train_naive_ms"] / timings["phm_train_dense_ms"],
         "phm_layer_inference_speedup_over_naive": timings["phm_infer_naive_ms"]
         / timings["phm_infer_ours_ms"],
         "peak_memory_mixphm_over_full": memory["peak_bytes_mixphm"] / memory["peak_bytes_full"],

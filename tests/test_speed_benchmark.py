@@ -13,6 +13,8 @@ RATIOS = {
     "infer_merged_over_adapter",
     "infer_merged_over_base",
     "phm_layer_speedup_over_naive",
+    "phm_layer_over_dense",
+    "phm_layer_naive_over_dense",
     "peak_memory_mixphm_over_full",
 }
 
