@@ -22,7 +22,7 @@ done
 $mixphm analyze --fresh mixphm --run "${runs[@]}" --samples 512 --output results/redundancy
 
 # 3. The low-resource table: every method at every k. Runs go k by k, seed by seed; k = 500
-#    runs train for 7-15 minutes each on a 2-core CPU, so this step spans sessions (an
+#    runs train for 7-20 minutes each on a 2-core CPU, so this step spans sessions (an
 #    interrupted grid resumes; `--summarize-only` rebuilds the table from finished runs).
 $mixphm benchmark --out results/easy-vqa --ks 16 32 64 100 500 1000 --seeds $seeds --workers 2 \
     --methods full bitfit lora ia3 houlsby pfeiffer compacter adamix mixphm mixphm-ra
