@@ -45,9 +45,8 @@ class MixPHMAdapter(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.merge_mode = config.merge
         self.router = router
-        self.layer_index = layer_index
-        # the router slot as a tensor: an int attribute would make torch.compile specialise
-        # (and recompile) the forward for every adapter of the model
+        # this adapter's index into the router's choices, as a tensor: an int attribute would
+        # make torch.compile specialise (and recompile) the forward for every adapter
         self.register_buffer("router_slot", torch.tensor(layer_index), persistent=False)
         self._cache: MergedWeights | None = None
         self._cache_versions: tuple[int, ...] = ()

@@ -23,7 +23,7 @@ class ExpertRouter:
     """Holds the current step's choices for every adapter of one model.
 
     ``advance`` is called once per training forward of the model (a forward pre-hook that
-    ``add_mixphm`` installs), so each adapter reads ``choices[layer_index]``: a 0-dim
+    ``add_mixphm`` installs), so each adapter reads ``choices[router_slot]``: a 0-dim
     device tensor, no host synchronisation and no Python branch on the expert.
     """
 
