@@ -15,6 +15,7 @@ RATIOS = {
     "phm_layer_speedup_over_naive",
     "phm_layer_over_dense",
     "phm_layer_naive_over_dense",
+    "optim_expert_over_fused_adamw",
     "peak_memory_mixphm_over_full",
 }
 

@@ -10,6 +10,10 @@ and the step count of expert e change only in steps in which e was routed.
 The routing record is cleared by ``step`` and by ``zero_grad``, so a step that a
 ``GradScaler`` skips (inf/nan gradients under fp16) does not carry its expert into the
 next step. Call ``zero_grad`` before the forward pass, not between forward and backward.
+
+A step reads the routing record to the host once (one sync per device) and updates the
+routed experts' slices with the plain parameters by multi-tensor (``torch._foreach_*``)
+operations: about fifteen calls per parameter group instead of twenty per tensor.
 """
 
 from __future__ import annotations
@@ -55,10 +59,9 @@ class ExpertAdamW(torch.optim.Optimizer):
                 loss = closure()
         if not self._order_checked:
             self._check_routing_recorded()
+        routed = self._routed_experts()
         for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is not None:
-                    self._update(param, group)
+            self._update(group, routed)
         self._clear_routing()
         return loss
 
@@ -88,33 +91,77 @@ class ExpertAdamW(torch.optim.Optimizer):
             )
         self._order_checked = True
 
-    def _update(self, param: Tensor, group: dict[str, Any]) -> None:
-        grad = param.grad
-        assert grad is not None
+    def _routed_experts(self) -> dict[PHMProjection, list[int]]:
+        """The experts each projection routed since the last step: one host sync per device."""
+        by_device: dict[torch.device, list[PHMProjection]] = {}
+        for projection in self._projections:
+            by_device.setdefault(projection.routed.device, []).append(projection)
+        routed = {}
+        for projections in by_device.values():
+            flags = iter(torch.cat([p.routed for p in projections]).tolist())
+            for projection in projections:
+                chosen = [next(flags) for _ in range(projection.num_experts)]
+                routed[projection] = [e for e, used in enumerate(chosen) if used]
+        return routed
+
+    def _update(self, group: dict[str, Any], routed: Mapping[PHMProjection, list[int]]) -> None:
+        """AdamW on the group's plain parameters and the routed experts' slices of its stacked
+        ones, each slice with its own step count: one multi-tensor call per operation.
+
+        The operations and their order are those of the per-tensor update that produced the
+        committed results, so those stay reproducible bit for bit (a test pins this)."""
+        columns: tuple[list[Tensor], ...] = ([], [], [], [], [])
+        for param in group["params"]:
+            if param.grad is None:
+                continue
+            state = self._state(param)
+            tensors = (param, param.grad, state["exp_avg"], state["exp_avg_sq"], state["step"])
+            projection = self.experts.get(param)
+            rows = (
+                [tensors]
+                if projection is None
+                else [[tensor[e] for tensor in tensors] for e in routed[projection]]
+            )
+            for row in rows:
+                for column, tensor in zip(columns, row, strict=True):
+                    column.append(tensor)
+        params, grads, exp_avgs, exp_avg_sqs, steps = columns
+        if not params:
+            return
         beta1, beta2 = group["betas"]
-        gate = self._gate(param)
-        state = self.state[param]
+        torch._foreach_add_(steps, 1)
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        torch._foreach_lerp_(exp_avg_sqs, torch._foreach_mul(grads, grads), 1 - beta2)
+        counted = [step.to(param.dtype) for step, param in zip(steps, params, strict=True)]
+        denom = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denom, torch._foreach_sqrt(bias_correction(beta2, counted)))
+        torch._foreach_add_(denom, group["eps"])
+        update = torch._foreach_div(exp_avgs, bias_correction(beta1, counted))
+        torch._foreach_div_(update, denom)
+        if group["weight_decay"]:
+            torch._foreach_add_(update, torch._foreach_mul(params, group["weight_decay"]))
+        torch._foreach_mul_(update, group["lr"])
+        torch._foreach_sub_(params, update)
+
+    def _state(self, param: Tensor) -> dict[str, Tensor]:
+        state: dict[str, Tensor] = self.state[param]
         if not state:
-            state["step"] = torch.zeros_like(gate, dtype=torch.float32)
+            stacked = param in self.experts
+            step_shape = (param.shape[0], *[1] * (param.dim() - 1)) if stacked else ()
+            state["step"] = torch.zeros(step_shape, dtype=torch.float32, device=param.device)
             state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         # torch's load_state_dict leaves "step" where it was saved; it belongs with the param
         state["step"] = state["step"].to(param.device)
-        steps, exp_avg, exp_avg_sq = state["step"], state["exp_avg"], state["exp_avg_sq"]
-        steps += gate
-        exp_avg.lerp_(grad, (1 - beta1) * gate)
-        exp_avg_sq.lerp_(grad * grad, (1 - beta2) * gate)
-        counted = steps.clamp(min=1).to(param.dtype)  # an expert not yet routed has gate 0
-        denom = exp_avg_sq.sqrt() / (1 - beta2**counted).sqrt() + group["eps"]
-        update = exp_avg / (1 - beta1**counted) / denom + group["weight_decay"] * param
-        param.sub_(group["lr"] * gate * update)
+        return state
 
-    def _gate(self, param: Tensor) -> Tensor:
-        """1 where this step updates ``param``: a scalar, or (E, 1, ..., 1) per expert."""
-        projection = self.experts.get(param)
-        if projection is None:
-            return torch.ones((), dtype=param.dtype, device=param.device)
-        return projection.routed.to(param.dtype).view(-1, *([1] * (param.dim() - 1)))
+
+def bias_correction(beta: float, steps: list[Tensor]) -> tuple[Tensor, ...]:
+    """1 - beta ** step for each step count."""
+    corrections = torch._foreach_pow(beta, steps)
+    torch._foreach_neg_(corrections)
+    torch._foreach_add_(corrections, 1)
+    return corrections
 
 
 def routed_parameters(model: nn.Module) -> dict[Tensor, PHMProjection]:
