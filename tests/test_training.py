@@ -31,6 +31,11 @@ def test_every_method_builds_and_trains(method, tmp_path):
     if method != "full":
         assert result.trainable_parameters < 0.2 * result.total_parameters
     assert (tmp_path / method / "result.json").is_file()
+    predictions = json.loads((tmp_path / method / recipe.PREDICTIONS_FILE).read_text())
+    test = DATA[2]
+    assert list(predictions) == [e.question_id for e in test.examples]
+    scored = recipe.prediction_accuracy(test, list(predictions.values()))
+    assert scored == result.test_accuracy
 
 
 def train_losses(tmp_path, method):

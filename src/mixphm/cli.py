@@ -77,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     experts.add_argument("--run", type=Path, nargs="+", required=True, help="run folders")
     experts.add_argument("--output", type=Path, default=Path("results/experts"))
 
+    breakdown = commands.add_parser(
+        "breakdown", help="test accuracy of finished runs per answer type, and answer collapse"
+    )
+    breakdown.add_argument(
+        "--run", type=Path, nargs="+", required=True, help="run folders, or folders holding runs"
+    )
+    breakdown.add_argument("--ks", type=int, nargs="+", help="only runs with these k")
+    breakdown.add_argument("--output", type=Path, default=Path("results/breakdown"))
+
     commands.add_parser("pretrain", help="build (once) and cache the pretrained offline backbone")
 
     for name, helptext in (
@@ -175,6 +184,18 @@ def run(args: argparse.Namespace, command: str) -> None:
         (args.output / "experts.md").write_text(
             f"Produced by `{command}`. Dev accuracy (%) on each run's own D_dev:\n\n"
             f"```\n{table}\n```\n"
+        )
+        print(table)
+    elif args.command == "breakdown":
+        from mixphm.training.breakdown import breakdown, format_breakdown
+
+        runs = breakdown(args.run, ks=args.ks)
+        table = format_breakdown(runs)
+        args.output.mkdir(parents=True, exist_ok=True)
+        (args.output / "breakdown.md").write_text(
+            f"Produced by `{command}` from {len(runs)} runs. Test accuracy (%), means over "
+            "seeds; per answer type: accuracy / share (%) of its questions given the most "
+            f"frequent predicted answer.\n\n{table}\n"
         )
         print(table)
     elif args.command == "pretrain":

@@ -20,7 +20,14 @@ from pathlib import Path
 import torch
 
 from mixphm.training.objectives import CandidateScoring
-from mixphm.training.recipe import RunResult, RunSpec, accuracy, train, write_json_atomic
+from mixphm.training.recipe import (
+    RunResult,
+    RunSpec,
+    prediction_accuracy,
+    train,
+    write_json_atomic,
+    write_predictions,
+)
 from mixphm.training.setup import OfflineSetup, backbone_factory
 
 _setup: OfflineSetup | None = None
@@ -61,7 +68,9 @@ def zero_shot(backbone: str, out: Path, test_limit: int | None) -> RunResult:
     setup = _setup or OfflineSetup.build(test_limit=test_limit)
     model = backbone_factory(backbone)()
     total = sum(p.numel() for p in model.parameters())
-    test_accuracy = accuracy(CandidateScoring(setup.candidates), model, setup.test)
+    predicted = CandidateScoring(setup.candidates).predict(model, setup.test)
+    test_accuracy = prediction_accuracy(setup.test, predicted)
+    write_predictions(setup.test, predicted, path.parent)
     result = RunResult(
         "zero-shot", 0, 0, backbone, float("nan"), test_accuracy, 0, total, 0.0, 0, -1
     )

@@ -19,12 +19,17 @@ from mixphm.training.recipe import BEST_FILE
 from mixphm.training.setup import backbone_factory
 
 
-def load_run(run_dir: Path) -> tuple[Any, list[str], dict[str, Any]]:
-    """(model with the run's best-dev weights, in eval mode; its candidate answers; its
-    result record) of a finished run."""
+def check_finished(run_dir: Path) -> None:
+    """Raise FileNotFoundError unless ``run_dir`` holds a finished run's files."""
     for name in ("result.json", "answers.json", BEST_FILE):
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{run_dir / name} not found: {run_dir} is not a finished run")
+
+
+def load_run(run_dir: Path) -> tuple[Any, list[str], dict[str, Any]]:
+    """(model with the run's best-dev weights, in eval mode; its candidate answers; its
+    result record) of a finished run."""
+    check_finished(run_dir)
     result = json.loads((run_dir / "result.json").read_text())
     answers = json.loads((run_dir / "answers.json").read_text())
     options = result.get("adapter_options", {})

@@ -39,6 +39,7 @@ from mixphm.training.methods import apply_method, method_settings, regularizer_c
 from mixphm.training.objectives import Objective, Split
 
 BEST_FILE = "best.safetensors"
+PREDICTIONS_FILE = "test_predictions.json"
 """The best-dev trainable weights of a finished run (what ``mixphm predict`` loads)."""
 
 
@@ -89,7 +90,11 @@ class RunResult:
 
 def accuracy(objective: Objective, model: Any, split: Split, keep_inputs: bool = False) -> float:
     """Accuracy in percent with the split's metric (``keep_inputs``: see Objective.predict)."""
-    predicted = objective.predict(model, split, keep_inputs)
+    return prediction_accuracy(split, objective.predict(model, split, keep_inputs))
+
+
+def prediction_accuracy(split: Split, predicted: list[str]) -> float:
+    """Accuracy in percent of one predicted answer per question of ``split``."""
     report = summarize(
         Scored(score(e, p, split.metric), e.question_type, e.answer_type)
         for e, p in zip(split.examples, predicted, strict=True)
@@ -214,13 +219,14 @@ def train(
             break
 
     model.load_state_dict(best, strict=False)
+    test_predictions = objective.predict(model, test_split)
     result = RunResult(
         method=spec.method,
         k=spec.k,
         seed=spec.seed,
         backbone=spec.backbone,
         dev_accuracy=state.best_dev,
-        test_accuracy=accuracy(objective, model, test_split),
+        test_accuracy=prediction_accuracy(test_split, test_predictions),
         trainable_parameters=trainable,
         total_parameters=total,
         train_seconds=round(elapsed, 2),
@@ -232,8 +238,15 @@ def train(
         save_file({n: t.contiguous() for n, t in best.items()}, str(run_dir / BEST_FILE))
         if objective.answer_set is not None:
             write_json_atomic(list(objective.answer_set), run_dir / "answers.json")
+        write_predictions(test_split, test_predictions, run_dir)
         write_json_atomic(asdict(result), run_dir / "result.json")
     return result
+
+
+def write_predictions(split: Split, predicted: list[str], run_dir: Path) -> None:
+    """``PREDICTIONS_FILE``: question id → predicted answer, in the split's order."""
+    question_ids = [e.question_id for e in split.examples]
+    write_json_atomic(dict(zip(question_ids, predicted, strict=True)), run_dir / PREDICTIONS_FILE)
 
 
 def write_json_atomic(value: Any, path: Path) -> None:
