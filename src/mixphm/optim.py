@@ -132,6 +132,7 @@ class ExpertAdamW(torch.optim.Optimizer):
         torch._foreach_add_(steps, 1)
         torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
         torch._foreach_lerp_(exp_avg_sqs, torch._foreach_mul(grads, grads), 1 - beta2)
+        # bias corrections in the parameter's dtype, as the per-tensor form computed them
         counted = [step.to(param.dtype) for step, param in zip(steps, params, strict=True)]
         denom = torch._foreach_sqrt(exp_avg_sqs)
         torch._foreach_div_(denom, torch._foreach_sqrt(bias_correction(beta2, counted)))

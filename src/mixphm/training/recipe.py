@@ -39,8 +39,9 @@ from mixphm.training.methods import apply_method, method_settings, regularizer_c
 from mixphm.training.objectives import Objective, Split
 
 BEST_FILE = "best.safetensors"
-PREDICTIONS_FILE = "test_predictions.json"
 """The best-dev trainable weights of a finished run (what ``mixphm predict`` loads)."""
+PREDICTIONS_FILE = "test_predictions.json"
+"""A finished run's test answers, question id → answer (what ``mixphm breakdown`` reads)."""
 
 
 class TrainingDiverged(RuntimeError):
