@@ -218,3 +218,30 @@ def test_the_multi_tensor_step_matches_the_per_tensor_update_bit_for_bit(weight_
     ours = train(ExpertAdamW.step)
     reference = train(gated_adamw_reference)
     assert all(torch.equal(a, b) for a, b in zip(ours, reference, strict=True))
+
+
+def test_bfloat16_parameters_train_like_torch_adamw():
+    """In bfloat16, 1 - 0.999 rounds to 0: bias corrections there would stall every update
+    and turn a zero gradient into NaN."""
+    ours = nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+    theirs = nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+    ours_optimizer = ExpertAdamW([ours], {}, **HYPER)
+    theirs_optimizer = torch.optim.AdamW([theirs], **HYPER)
+    for _ in range(3):
+        grad = torch.tensor([1.0, -1.0, 0.0, 0.5], dtype=torch.bfloat16)
+        ours.grad, theirs.grad = grad.clone(), grad.clone()
+        ours_optimizer.step()
+        theirs_optimizer.step()
+    torch.testing.assert_close(ours, theirs)
+
+    projection = stacked_projection().to(torch.bfloat16)
+    optimizer = ExpertAdamW(list(projection.parameters()), routed_parameters(projection), **HYPER)
+    before = projection.left.detach().clone()
+    x = torch.randn(5, 8, dtype=torch.bfloat16)
+    for _ in range(2):
+        F.linear(x, *projection.expert(torch.tensor(1))).pow(2).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(torch.isfinite(p).all() for p in projection.parameters())
+    assert not torch.equal(projection.left[1], before[1])
+    assert torch.equal(projection.left[0], before[0])

@@ -132,8 +132,12 @@ class ExpertAdamW(torch.optim.Optimizer):
         torch._foreach_add_(steps, 1)
         torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
         torch._foreach_lerp_(exp_avg_sqs, torch._foreach_mul(grads, grads), 1 - beta2)
-        # bias corrections in the parameter's dtype, as the per-tensor form computed them
-        counted = [step.to(param.dtype) for step, param in zip(steps, params, strict=True)]
+        # bias corrections in float32 or wider (in bfloat16, 1 - 0.999 rounds to 0); for float32
+        # and float64 parameters in their dtype, as the per-tensor form computed them
+        counted = [
+            step.to(torch.promote_types(param.dtype, torch.float32))
+            for step, param in zip(steps, params, strict=True)
+        ]
         denom = torch._foreach_sqrt(exp_avg_sqs)
         torch._foreach_div_(denom, torch._foreach_sqrt(bias_correction(beta2, counted)))
         torch._foreach_add_(denom, group["eps"])
