@@ -219,12 +219,11 @@ def phm_layer(device: torch.device, dtype: torch.dtype, warmup: int, reps: int) 
         with torch.no_grad():
             naive_phm_forward(x, rule.S, left, right, bias)
 
-    assert torch.allclose(
-        naive_phm_forward(x, rule.S, left, right, bias),
-        F.linear(x, *projection.expert(0)),
-        atol=1e-4,
-        rtol=1e-3,
-    ), "the two PHM implementations disagree"
+    naive = naive_phm_forward(x, rule.S, left, right, bias).float()
+    ours = F.linear(x, *projection.expert(0)).float()
+    # rounding grows with the dtype's epsilon; a wrong weight layout is off by O(scale)
+    tolerance = 16 * torch.finfo(dtype).eps * naive.abs().max()
+    assert (ours - naive).abs().max() <= tolerance, "the two PHM implementations disagree"
     return {
         "phm_train_ours_ms": 1e3 * median_seconds(ours_train, device, warmup, reps),
         "phm_train_naive_ms": 1e3 * median_seconds(naive_train, device, warmup, reps),

@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "speed.py"
 RATIOS = {
     "train_mixphm_over_lora",
@@ -20,13 +22,15 @@ RATIOS = {
 }
 
 
-def test_speed_benchmark_on_a_tiny_t5(tmp_path):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_speed_benchmark_on_a_tiny_t5(tmp_path, dtype):
     spec = importlib.util.spec_from_file_location("speed", SCRIPT)
     speed = importlib.util.module_from_spec(spec)
     sys.modules["speed"] = speed  # its dataclasses look their module up
     spec.loader.exec_module(speed)
     output = tmp_path / "tiny.json"
-    speed.main(["--backbone", "tiny", "--reps", "1", "--warmup", "0", "--output", str(output)])
+    argv = ["--backbone", "tiny", "--dtype", dtype, "--reps", "1", "--warmup", "0"]
+    speed.main([*argv, "--output", str(output)])
     report = json.loads(output.read_text())
     assert set(report["ratios"]) >= RATIOS
     assert all(value > 0 for value in report["ratios"].values())
