@@ -1,5 +1,8 @@
 """The ``mixphm`` command: the demo job end to end on the packaged MiniLM, and bad arguments."""
 
+import subprocess
+import sys
+
 import pytest
 
 from mixphm import cli
@@ -123,3 +126,25 @@ def test_summarize_only_rebuilds_the_table_from_finished_runs(tmp_path, capsys):
     assert "| mixphm | 1.000 | **55.0 ± 7.1 (2)** |" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "runs.csv").read_text().count("\n") == 3
     assert (tmp_path / "accuracy_vs_k_pretrained.png").is_file()
+
+
+def test_argument_errors_answer_without_loading_torch():
+    """The package's public names load lazily, so the parser never needs torch."""
+    code = (
+        "import sys, mixphm.cli\n"
+        "try:\n"
+        "    mixphm.cli.main(['train', '--method', 'lorax', '--k', '16'])\n"
+        "except SystemExit as stop:\n"
+        "    print(stop.code, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["2", "False"]
+    assert "invalid choice: 'lorax'" in done.stderr
+
+
+def test_the_package_names_load_on_first_use():
+    import mixphm
+
+    assert mixphm.MixPHMConfig().num_experts == 4
+    with pytest.raises(AttributeError, match="no attribute 'missing'"):
+        mixphm.missing  # noqa: B018

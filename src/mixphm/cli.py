@@ -10,8 +10,7 @@ from typing import Any
 
 from mixphm.config import PRESETS
 from mixphm.data import K_VALUES, SEEDS, load_easy_vqa, sample_low_resource
-from mixphm.training.methods import METHODS
-from mixphm.training.setup import BACKBONES
+from mixphm.training.choices import BACKBONES, METHODS
 
 DEFAULT_METHODS = ["mixphm", "pfeiffer", "lora", "full"]
 

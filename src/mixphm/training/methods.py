@@ -20,9 +20,8 @@ from torch import nn
 from mixphm.config import MixPHMConfig
 from mixphm.inject import add_mixphm
 from mixphm.regularization import RedundancyConfig
-
-ADAPTER_METHODS = ("houlsby", "pfeiffer", "compacter", "adamix", "mixphm")
-METHODS = ("full", "bitfit", "lora", "ia3", *ADAPTER_METHODS, "mixphm-ra")
+from mixphm.training.choices import ADAPTER_METHODS as ADAPTER_METHODS
+from mixphm.training.choices import METHODS as METHODS
 
 # Module names, per architecture: BERT (the offline backbone's text side) | T5 (VL-T5) |
 # Llama-style language models of the Hugging Face VLMs.

@@ -14,6 +14,8 @@ from mixphm.assets import load_minilm
 from mixphm.backbones.offline_vlm import OfflineVLM
 from mixphm.data import VQADataset, load_easy_vqa, sample_low_resource
 from mixphm.pretraining.recipe import cache_root, pretrained_backbone
+from mixphm.training.choices import BACKBONES as BACKBONES
+from mixphm.training.choices import DATASETS as DATASETS
 from mixphm.training.data import (
     Candidates,
     EncodedSplit,
@@ -22,8 +24,6 @@ from mixphm.training.data import (
     image_features,
 )
 
-BACKBONES = ("pretrained", "unpretrained")
-DATASETS = ("easy-vqa",)
 TEST_SUBSET_SEED = 0
 
 
