@@ -1,5 +1,6 @@
 """The offline default backbone: built from the packaged weights, offline."""
 
+import pytest
 import torch
 from PIL import Image
 
@@ -71,3 +72,17 @@ def test_bitfit_applies_to_the_backbone():
     model = apply_method(OfflineVLM.from_packages(), "bitfit", 0)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     assert names and all(n.endswith("bias") for n in names)
+
+
+def test_a_prompt_without_mask_is_refused_and_the_check_does_not_break_compiled_graphs():
+    from tiny_models import tiny_candidates, tiny_split, tiny_vlm
+
+    model = tiny_vlm().eval()
+    ids, mask, visual, _ = tiny_split(8).batch(torch.arange(8))
+    candidates = tiny_candidates()
+    inputs = (ids, mask, visual, candidates.ids, candidates.mask)
+    explanation = torch._dynamo.explain(model)(*inputs)
+    assert explanation.graph_break_count == 0
+    no_mask = ids.masked_fill(ids == model.config.mask_token_id, 5)
+    with pytest.raises(ValueError, match=r"needs a \[MASK\] token"):
+        model(no_mask, *inputs[1:])

@@ -97,7 +97,8 @@ class OfflineVLM(nn.Module):
             token_type_ids=token_types,
         ).last_hidden_state
         is_mask = input_ids == self.config.mask_token_id
-        if not bool(is_mask.any(1).all()):
+        # checked eagerly only: under torch.compile the host read would break the graph
+        if not torch.compiler.is_compiling() and not bool(is_mask.any(1).all()):
             raise ValueError("every prompt needs a [MASK] token for the answer")
         position = is_mask.long().argmax(1) + self.config.visual_tokens  # (B,)
         state = hidden[torch.arange(hidden.shape[0], device=hidden.device), position]
