@@ -36,3 +36,7 @@ $mixphm benchmark --out results/mixphm-ablation/dropout-0 --methods mixphm --ks 
     --seeds 13 21 42 --workers 1 --adapter-option dropout=0.0
 $mixphm benchmark --out results/mixphm-ablation/one-expert --methods mixphm --ks 64 \
     --seeds 13 21 42 --workers 1 --adapter-option num_experts=1
+
+# 5. Where the gap is: test accuracy per answer type and answer collapse of the finished runs
+#    (reads each run's test_predictions.json; computes it from the weights where missing).
+$mixphm breakdown --run results/easy-vqa/runs/pretrained --ks 64 100 500 --output results/easy-vqa
