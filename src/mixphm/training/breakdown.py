@@ -73,44 +73,48 @@ def by_answer_type(
     return tuple(outcomes)
 
 
-def finished_runs(paths: Sequence[Path], ks: Sequence[int] | None = None) -> list[Path]:
+Run = tuple[Path, dict[str, Any]]
+"""A finished run's folder and its result record (``result.json``)."""
+
+
+def finished_runs(paths: Sequence[Path], ks: Sequence[int] | None = None) -> list[Run]:
     """Each path that is a finished run, or else every finished run beneath it; only runs
     with these ``ks`` when given."""
-    runs: list[Path] = []
+    runs: list[Run] = []
     for path in paths:
         found = (
             [path]
             if (path / "result.json").is_file()
             else sorted(p.parent for p in path.rglob("result.json"))
         )
+        records = [(run, json.loads((run / "result.json").read_text())) for run in found]
         if ks is not None:
-            found = [r for r in found if json.loads((r / "result.json").read_text())["k"] in ks]
-        if not found:
+            records = [(run, result) for run, result in records if result["k"] in ks]
+        if not records:
             wanted = "" if ks is None else f" with k in {list(ks)}"
             raise FileNotFoundError(f"{path}: no finished run{wanted} in or under it")
-        runs += found
+        runs += records
     return runs
 
 
-def answering_model(directory: Path) -> Any:
+def answering_model(directory: Path, result: dict[str, Any]) -> Any:
     """The model a finished run answered the test split with: its best weights, or the bare
     backbone for the zero-shot row."""
-    result = json.loads((directory / "result.json").read_text())
     if result["method"] == "zero-shot":
         return backbone_factory(result["backbone"])().eval()
     return load_run(directory)[0]
 
 
-def write_test_predictions(runs: Sequence[Path], test_limit: int) -> None:
+def write_test_predictions(runs: Sequence[Run], test_limit: int) -> None:
     """Predict the test sample with each run's model (runs that finished before the recipe
     wrote its predictions)."""
-    for directory in runs:  # before the minutes the setup takes
-        if json.loads((directory / "result.json").read_text())["method"] != "zero-shot":
+    for directory, result in runs:  # before the minutes the setup takes
+        if result["method"] != "zero-shot":
             check_finished(directory)
     setup = OfflineSetup.build(test_limit=test_limit)
     objective = CandidateScoring(setup.candidates)
-    for directory in tqdm(runs, desc="test predictions", unit="run"):
-        predicted = objective.predict(answering_model(directory), setup.test)
+    for directory, result in tqdm(runs, desc="test predictions", unit="run"):
+        predicted = objective.predict(answering_model(directory, result), setup.test)
         write_predictions(setup.test, predicted, directory)
 
 
@@ -120,13 +124,12 @@ def breakdown(
     """The breakdown of every finished easy-VQA run in or under ``paths`` (with these ``ks``),
     read from its test predictions (computed from its weights first where a run has none)."""
     runs = finished_runs(paths, ks)
-    missing = [run for run in runs if not (run / PREDICTIONS_FILE).is_file()]
+    missing = [run for run in runs if not (run[0] / PREDICTIONS_FILE).is_file()]
     if missing:
         write_test_predictions(missing, test_limit)
     test = load_easy_vqa("test")
     outcomes = []
-    for directory in runs:
-        result = json.loads((directory / "result.json").read_text())
+    for directory, result in runs:
         predictions: dict[str, str] = json.loads((directory / PREDICTIONS_FILE).read_text())
         unknown = [q for q in predictions if q not in test.by_id]
         if unknown:
