@@ -48,10 +48,12 @@ def test_a_folder_without_finished_runs_is_refused(tmp_path, capsys):
     assert "no finished run" in capsys.readouterr().err
 
 
-def finished_run(directory, predictions, test_accuracy):
+def finished_run(directory, predictions, test_accuracy, method="lora", **adapter_options):
     directory.mkdir(parents=True)
-    result = {"backbone": "pretrained", "method": "lora", "k": 16, "seed": 13}
+    result = {"backbone": "pretrained", "method": method, "k": 16, "seed": 13}
     result["test_accuracy"] = test_accuracy
+    if adapter_options:
+        result["adapter_options"] = adapter_options
     (directory / "result.json").write_text(json.dumps(result))
     (directory / "test_predictions.json").write_text(json.dumps(predictions))
 
@@ -62,9 +64,19 @@ def test_runs_under_a_folder_are_read_from_their_test_predictions(tmp_path):
     predictions[examples[3].question_id] = "no answer of easy-vqa"
     finished_run(tmp_path / "runs" / "lora" / "k16" / "seed13", predictions, 75.0)
     (run,) = breakdown([tmp_path / "runs"])
-    assert (run.method, run.k, run.test_accuracy) == ("lora", 16, 75.0)
+    assert (run.variant, run.k, run.test_accuracy) == ("lora", 16, 75.0)
     assert sum(t.count for t in run.types) == 4
 
     finished_run(tmp_path / "other", predictions, 80.0)
     with pytest.raises(ValueError, match="come from different runs"):
         breakdown([tmp_path / "other"])
+
+
+def test_an_ablation_keeps_its_own_row(tmp_path):
+    examples = load_easy_vqa("test").examples[:2]
+    predictions = {e.question_id: e.answers[0] for e in examples}
+    finished_run(tmp_path / "preset", predictions, 100.0, "mixphm")
+    finished_run(tmp_path / "ablation", predictions, 100.0, "mixphm", dropout=0.0, num_experts=1)
+    runs = breakdown([tmp_path / "preset", tmp_path / "ablation"])
+    rows = format_breakdown(runs).splitlines()[2:]
+    assert [row.split(" | ")[1] for row in rows] == ["mixphm", "mixphm+dropout=0.0+num_experts=1"]

@@ -113,7 +113,8 @@ def analyze(
 ) -> dict[str, list[LayerRedundancy]]:
     """CKA per layer on the offline default backbone over ``samples`` easy-VQA test
     questions (with their images): for finished runs (``runs``) and for fresh presets on
-    the pretrained backbone. Runs of one method are averaged into one line of the plot."""
+    the pretrained backbone. Runs of one variant (method and adapter options) are averaged
+    into one line of the plot."""
     from mixphm.assets import load_minilm
     from mixphm.config import MixPHMConfig
     from mixphm.data import load_easy_vqa
@@ -121,6 +122,7 @@ def analyze(
     from mixphm.pretraining.recipe import cache_root
     from mixphm.training.data import Candidates, candidate_answers, encode_split, image_features
     from mixphm.training.predict import load_run
+    from mixphm.training.recipe import run_label
     from mixphm.training.setup import backbone_factory
 
     full_test = load_easy_vqa("test")
@@ -138,7 +140,7 @@ def analyze(
         )
     for directory in runs:
         model, _, result = load_run(directory)
-        label = f"{result['method']} k={result['k']} seed={result['seed']}"
+        label = run_label(result)
         per_run[label] = redundancy_by_layer(model, vlm_batches(model, test, batch_size))
     if not per_run:
         raise ValueError("nothing to analyze: give --run DIR and/or --fresh PRESET")

@@ -1,7 +1,9 @@
 """Grids of runs (methods × k × seeds), resumable, and their tables and plots.
 
-Each run lives in ``<out>/runs/<backbone>/<method>/k<k>/seed<seed>/``; a finished run has a
-``result.json`` and is skipped next time, an unfinished one resumes from its checkpoint.
+Each run lives in ``<out>/runs/<backbone>/<variant>/k<k>/seed<seed>/`` (the variant is the
+method with any adapter options, ``RunSpec.variant``); a finished run has a ``result.json``
+and is skipped next time, an unfinished one resumes from its checkpoint. Either refuses a
+spec whose other settings (epoch cap, precision) differ from the ones it was made with.
 ``runs.csv`` and ``summary.md`` are rebuilt from all finished runs after every grid.
 """
 
@@ -23,6 +25,7 @@ from mixphm.training.objectives import CandidateScoring
 from mixphm.training.recipe import (
     RunResult,
     RunSpec,
+    check_same_run,
     prediction_accuracy,
     train,
     write_json_atomic,
@@ -40,7 +43,7 @@ def folder_name(backbone: str) -> str:
 
 def run_dir(out: Path, spec: RunSpec) -> Path:
     backbone = folder_name(spec.backbone)
-    return out / "runs" / backbone / spec.method / f"k{spec.k}" / f"seed{spec.seed}"
+    return out / "runs" / backbone / spec.variant / f"k{spec.k}" / f"seed{spec.seed}"
 
 
 def _worker_init(test_limit: int | None, threads: int) -> None:
@@ -80,14 +83,20 @@ def zero_shot(backbone: str, out: Path, test_limit: int | None) -> RunResult:
 
 def pending(specs: Sequence[RunSpec], out: Path) -> list[RunSpec]:
     """The specs without a finished run (``result.json``) under ``out``, said aloud."""
-    todo = [s for s in specs if not (run_dir(out, s) / "result.json").is_file()]
+    todo = []
+    for spec in specs:
+        path = run_dir(out, spec) / "result.json"
+        if path.is_file():
+            check_same_run(spec, json.loads(path.read_text()), path)
+        else:
+            todo.append(spec)
     print(f"{len(specs) - len(todo)} of {len(specs)} runs already finished; {len(todo)} to go")
     return todo
 
 
 def report(result: RunResult) -> None:
     print(
-        f"{result.method} k={result.k} seed={result.seed} ({result.backbone}): "
+        f"{result.variant} k={result.k} seed={result.seed} ({result.backbone}): "
         f"dev {result.dev_accuracy:.1f}, test {result.test_accuracy:.1f}"
     )
 
@@ -120,7 +129,7 @@ def collect(out: Path) -> list[RunResult]:
     with (out / "runs.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=names)
         writer.writeheader()
-        for r in sorted(results, key=lambda r: (r.backbone, r.method, r.k, r.seed)):
+        for r in sorted(results, key=lambda r: (r.backbone, r.variant, r.k, r.seed)):
             writer.writerow(asdict(r))
     return results
 
@@ -135,8 +144,8 @@ def summary_table(results: Iterable[RunResult], backbone: str) -> str:
     params: dict[str, float] = {}
     for r in results:
         if r.backbone == backbone:
-            cells[(r.method, r.k)].append(r.test_accuracy)
-            params[r.method] = 100 * r.trainable_parameters / r.total_parameters
+            cells[(r.variant, r.k)].append(r.test_accuracy)
+            params[r.variant] = 100 * r.trainable_parameters / r.total_parameters
     methods = sorted({m for m, _ in cells}, key=lambda m: (m != "zero-shot", m))
     ks = sorted({k for _, k in cells})
     best = {k: max(mean_std(v)[0] for (m, kk), v in cells.items() if kk == k) for k in ks}
@@ -192,8 +201,8 @@ def plot(
     share: dict[str, float] = {}
     for r in results:
         if r.backbone == backbone and r.method != "zero-shot":
-            by_method[r.method][r.k].append(r.test_accuracy)
-            share[r.method] = 100 * r.trainable_parameters / r.total_parameters
+            by_method[r.variant][r.k].append(r.test_accuracy)
+            share[r.variant] = 100 * r.trainable_parameters / r.total_parameters
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for method, per_k in sorted(by_method.items()):
         ks = sorted(per_k)

@@ -23,7 +23,7 @@ from mixphm.data.examples import VQAExample
 from mixphm.evaluation import Scored, score, summarize
 from mixphm.training.objectives import CandidateScoring
 from mixphm.training.predict import check_finished, load_run
-from mixphm.training.recipe import PREDICTIONS_FILE, write_predictions
+from mixphm.training.recipe import PREDICTIONS_FILE, variant_name, write_predictions
 from mixphm.training.setup import OfflineSetup, backbone_factory
 
 UNTYPED = "all"
@@ -43,7 +43,8 @@ class TypeOutcome:
 @dataclass(frozen=True)
 class RunBreakdown:
     backbone: str
-    method: str
+    variant: str
+    """The method with any adapter options (``variant_name``)."""
     k: int
     seed: int
     test_accuracy: float
@@ -145,7 +146,8 @@ def breakdown(
                 f"{directory}: its {PREDICTIONS_FILE} scores {overall:.2f} but its result.json "
                 f"records {result['test_accuracy']}; the two come from different runs"
             )
-        key = (result["backbone"], result["method"], result["k"], result["seed"])
+        variant = variant_name(result["method"], result.get("adapter_options", {}))
+        key = (result["backbone"], variant, result["k"], result["seed"])
         outcomes.append(RunBreakdown(*key, overall, types))
     return outcomes
 
@@ -155,15 +157,15 @@ def format_breakdown(runs: Sequence[RunBreakdown]) -> str:
     accuracy, then per answer type the accuracy and the top-answer share."""
     groups: defaultdict[tuple[str, str, int], list[RunBreakdown]] = defaultdict(list)
     for run in runs:
-        groups[run.backbone, run.method, run.k].append(run)
+        groups[run.backbone, run.variant, run.k].append(run)
     counts = {t.answer_type: t.count for run in runs for t in run.types}
     answer_types = sorted(counts)
     header = ["backbone", "method", "k", "seeds", "test"]
     header += [f"{t} ({counts[t]} q): acc / top share" for t in answer_types]
     lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
-    for (backbone, method, k), group in sorted(groups.items()):
+    for (backbone, variant, k), group in sorted(groups.items()):
         test = mean(r.test_accuracy for r in group)
-        cells = [backbone, method, str(k), str(len(group)), f"{test:.1f}"]
+        cells = [backbone, variant, str(k), str(len(group)), f"{test:.1f}"]
         for answer_type in answer_types:
             found = [t for r in group for t in r.types if t.answer_type == answer_type]
             accuracy, share = mean(t.accuracy for t in found), mean(t.top_share for t in found)

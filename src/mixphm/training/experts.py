@@ -14,7 +14,7 @@ import torch
 from mixphm.inject import mixphm_adapters
 from mixphm.training.objectives import CandidateScoring
 from mixphm.training.predict import load_run
-from mixphm.training.recipe import accuracy, trainable_state
+from mixphm.training.recipe import accuracy, run_label, trainable_state
 from mixphm.training.setup import OfflineSetup
 
 
@@ -44,7 +44,7 @@ def diagnose(runs: list[Path], test_limit: int = 2000) -> list[ExpertDiagnosis]:
         if not adapters or adapters[0].up.num_experts < 2:
             raise ValueError(f"{directory}: not a run with a mixture of experts")
         dev = setup.splits(result["k"], result["seed"])[1]
-        label = f"{result['method']} k={result['k']} seed={result['seed']}"
+        label = run_label(result)
         variants = ["merge factors", "merge products"]
         variants += [f"expert {e}" for e in range(adapters[0].up.num_experts)]
         trained = trainable_state(model)

@@ -61,6 +61,27 @@ class RunSpec:
     adapter_options: tuple[tuple[str, Any], ...] = ()
     """MixPHMConfig fields overriding the method's preset (ablations), as (name, value)."""
 
+    @property
+    def variant(self) -> str:
+        return variant_name(self.method, dict(self.adapter_options))
+
+
+def variant_name(method: str, adapter_options: dict[str, Any]) -> str:
+    """The method with its adapter options, e.g. ``mixphm+dropout=0.0+num_experts=1``: the
+    name of a run's folder and of its row in tables, so an ablation never shares either
+    with the preset it changes."""
+    options = (
+        f"+{name}={value if isinstance(value, str) else json.dumps(value)}"
+        for name, value in sorted(adapter_options.items())
+    )
+    return method + "".join(options)
+
+
+def run_label(result: dict[str, Any]) -> str:
+    """``<variant> k=<k> seed=<seed>`` of a finished run's record (its result.json)."""
+    variant = variant_name(result["method"], result.get("adapter_options", {}))
+    return f"{variant} k={result['k']} seed={result['seed']}"
+
 
 @dataclass
 class TrainState:
@@ -87,6 +108,13 @@ class RunResult:
     epochs: int
     best_epoch: int
     adapter_options: dict[str, Any] = field(default_factory=dict)
+    max_epochs: int | None = None
+    """The spec's override of the method's epoch cap (None: the configured cap)."""
+    mixed_precision: str = "no"
+
+    @property
+    def variant(self) -> str:
+        return variant_name(self.method, self.adapter_options)
 
 
 def accuracy(objective: Objective, model: Any, split: Split, keep_inputs: bool = False) -> float:
@@ -101,6 +129,28 @@ def prediction_accuracy(split: Split, predicted: list[str]) -> float:
         for e, p in zip(split.examples, predicted, strict=True)
     )
     return report.overall
+
+
+def run_settings(spec: RunSpec) -> dict[str, Any]:
+    """Everything that makes two runs the same run (recorded in checkpoints and results)."""
+    return {**asdict(spec), "adapter_options": dict(spec.adapter_options)}
+
+
+def check_same_run(spec: RunSpec, recorded: dict[str, Any], source: Path) -> None:
+    """Raise ValueError unless ``recorded`` (the settings in a checkpoint or result.json of
+    ``spec``'s folder) are ``spec``'s; settings older files lack take their defaults."""
+    wanted = run_settings(spec)
+    defaults = run_settings(RunSpec(spec.method, spec.k, spec.seed, spec.backbone))
+    found = {name: recorded.get(name, defaults[name]) for name in wanted}
+    differing = [name for name in wanted if found[name] != wanted[name]]
+    if differing:
+        raise ValueError(
+            f"{source} belongs to a run with "
+            + ", ".join(f"{name}={found[name]!r}" for name in differing)
+            + ", not "
+            + ", ".join(f"{name}={wanted[name]!r}" for name in differing)
+            + "; use another output folder (or delete it to start over)"
+        )
 
 
 def trainable_state(model: nn.Module) -> dict[str, Tensor]:
@@ -120,6 +170,10 @@ def train(
     ``build_backbone`` returns the model ``objective`` drives (built fresh, or the very
     model a generative wrapper holds); the method's parameters are added to it in place.
     """
+    path = run_dir / "checkpoint.pt"
+    saved = checkpoint.load(path)
+    if saved is not None:
+        check_same_run(spec, saved.get("settings", {}), path)
     train_split, dev_split, test_split = data
     settings = method_settings(spec.method)
     max_epochs = spec.max_epochs or settings.max_epochs
@@ -143,8 +197,6 @@ def train(
     device = accelerator.device
 
     state, best, elapsed = TrainState(), trainable_state(model), 0.0
-    path = run_dir / "checkpoint.pt"
-    saved = checkpoint.load(path)
     if saved is not None:
         model.load_state_dict(saved["trainable"], strict=False)
         optimizer.load_state_dict(saved["optimizer"])
@@ -203,6 +255,7 @@ def train(
         progress.set_postfix(dev=f"{dev:.1f}", best=f"{state.best_dev:.1f}")
         if accelerator.is_main_process:
             saved_state: dict[str, Any] = {
+                "settings": run_settings(spec),
                 "trainable": trainable_state(model),
                 "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(),
@@ -234,6 +287,8 @@ def train(
         epochs=state.epoch,
         best_epoch=state.best_epoch,
         adapter_options=options,
+        max_epochs=spec.max_epochs,
+        mixed_precision=spec.mixed_precision,
     )
     if accelerator.is_main_process:
         save_file({n: t.contiguous() for n, t in best.items()}, str(run_dir / BEST_FILE))
