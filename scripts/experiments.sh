@@ -28,7 +28,8 @@ $mixphm benchmark --out results/easy-vqa --ks 16 32 64 100 500 1000 --seeds $see
     --methods full bitfit lora ia3 houlsby pfeiffer compacter adamix mixphm mixphm-ra
 
 # 4. Why MixPHM trails its single-expert relatives (investigated on dev): the merged mixture
-#    against each expert alone, then MixPHM without dropout and with one expert (k = 64).
+#    against each expert alone, then MixPHM without dropout and with one expert (k = 64), and
+#    where on the test split each variant gains (against Pfeiffer and full FT, same seeds).
 runs=()
 for seed in $seeds; do runs+=("results/easy-vqa/runs/pretrained/mixphm/k64/seed$seed"); done
 $mixphm experts --run "${runs[@]}" --output results/mixphm-ablation
@@ -36,6 +37,12 @@ $mixphm benchmark --out results/mixphm-ablation/dropout-0 --methods mixphm --ks 
     --seeds 13 21 42 --workers 1 --adapter-option dropout=0.0
 $mixphm benchmark --out results/mixphm-ablation/one-expert --methods mixphm --ks 64 \
     --seeds 13 21 42 --workers 1 --adapter-option num_experts=1
+runs=()
+for method in mixphm pfeiffer full; do
+    for seed in 13 21 42; do runs+=("results/easy-vqa/runs/pretrained/$method/k64/seed$seed"); done
+done
+$mixphm breakdown --run "${runs[@]}" results/mixphm-ablation/dropout-0/runs \
+    results/mixphm-ablation/one-expert/runs --output results/mixphm-ablation
 
 # 5. Where the gap is: test accuracy per answer type and answer collapse of the finished runs
 #    (reads each run's test_predictions.json; computes it from the weights where missing).
