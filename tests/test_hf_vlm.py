@@ -95,3 +95,24 @@ def test_an_unsupported_model_is_refused_by_name():
     model = BUILDERS["t5"]().model
     with pytest.raises(ValueError, match="no VQA prompt format for model_type 't5'"):
         HFVisionQA(model, PROCESSORS["blip"]())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_loss_weights_each_answer_by_its_score(family):
+    """Batched with a score-0 row, an answer's loss is its loss alone halved (the mean over
+    B = 2); scaling its score scales its loss; padding adds nothing."""
+    vqa = tiny(family)
+    vqa.model.eval()  # no dropout: the same row gives the same logits
+    pair = images()
+
+    def loss(rows: list[int], scores: list[float]) -> float:
+        chosen = [pair[r] for r in rows], [QUESTIONS[r] for r in rows], [ANSWERS[r] for r in rows]
+        value, _ = vqa.training_loss(vqa.model, *chosen, torch.tensor(scores))
+        return value.item()
+
+    alone = loss([0], [1.0])
+    assert alone > 0
+    assert loss([0, 1], [1.0, 0.0]) == pytest.approx(alone / 2, rel=1e-4)
+    assert loss([0], [0.3]) == pytest.approx(0.3 * alone, rel=1e-5)
+    both = loss([0, 1], [1.0, 1.0])
+    assert both == pytest.approx((alone + loss([1], [1.0])) / 2, rel=1e-4)

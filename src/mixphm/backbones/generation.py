@@ -1,5 +1,5 @@
-"""What the generative backbones (VL-T5, Hugging Face VLMs) share: decoding options and
-the padding of token rows."""
+"""What the generative backbones (VL-T5, Hugging Face VLMs) share: decoding options, the
+padding of token rows, and the score-weighted answer loss."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+IGNORED = -100
+"""The label of a position that is not an answer token."""
 
 
 @dataclass(frozen=True)
@@ -24,3 +28,21 @@ def pad_rows(rows: Sequence[Sequence[int]], pad: int) -> tuple[Tensor, Tensor]:
     ids = torch.tensor([[*r, *[pad] * (width - len(r))] for r in rows], dtype=torch.long)
     mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long)
     return ids, mask
+
+
+def score_weighted_answer_loss(
+    logits: Tensor, labels: Tensor, scores: Tensor, label_smoothing: float = 0.0
+) -> Tensor:
+    """Σ_b score_b · (cross-entropy averaged over row b's answer tokens) / B, as the VL-T5
+    code trains VQA. logits (B, T, V) predict labels (B, T) position by position (shifted
+    already); positions labelled ``IGNORED`` count nowhere; scores (B,)."""
+    answer_tokens = labels != IGNORED
+    tokens = F.cross_entropy(
+        logits.float().transpose(1, 2),
+        labels,
+        reduction="none",
+        ignore_index=IGNORED,
+        label_smoothing=label_smoothing,
+    )
+    per_answer = (tokens * answer_tokens).sum(1) / answer_tokens.sum(1).clamp(min=1)
+    return (per_answer * scores.to(per_answer.device)).mean()

@@ -1,8 +1,9 @@
 """Today's Hugging Face VLMs as VQA models: an image-text-to-text model plus its processor.
 
 ``HFVisionQA`` builds the prompt each family expects (its image tokens included), trains on
-the answer as the target with the model's own language-modelling loss (prompt tokens carry
-the label −100), and generates answers as strings. Supported families, by ``model_type``:
+the answer as the target with the soft-score-weighted answer loss (VL-T5's: each row's
+answer-token cross-entropy times its score; prompt tokens carry the label −100), and
+generates answers as strings. Supported families, by ``model_type``:
 
 - ``blip`` (BlipForQuestionAnswering): the question goes to the text encoder, the answer is
   decoded from ``[bos]`` by the text decoder.
@@ -19,14 +20,16 @@ adapts the vision encoder).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from PIL import Image
 from torch import Tensor, nn
 
-from mixphm.backbones.generation import Decoding, pad_rows
+from mixphm.backbones.generation import IGNORED, Decoding, pad_rows, score_weighted_answer_loss
 
 FAMILIES = ("blip", "idefics3", "paligemma", "qwen2_vl", "smolvlm")
 SUFFIX_TOKEN_TYPE = {"token_type_ids": 1, "mm_token_type_ids": 0}
@@ -114,7 +117,7 @@ class HFVisionQA:
         return {
             "decoder_input_ids": ids,
             "decoder_attention_mask": mask,
-            "labels": ids.masked_fill(mask == 0, -100),
+            "labels": ids.masked_fill(mask == 0, IGNORED),
         }
 
     def _append_answers(self, inputs: dict[str, Any], tails: list[list[int]]) -> dict[str, Tensor]:
@@ -125,7 +128,7 @@ class HFVisionQA:
         pad = self.tokenizer.pad_token_id or 0
         ids = torch.full((rows, width), pad, dtype=torch.long)
         mask = torch.zeros(rows, width, dtype=torch.long)
-        labels = torch.full((rows, width), -100, dtype=torch.long)
+        labels = torch.full((rows, width), IGNORED, dtype=torch.long)
         types = {k: torch.zeros(rows, width, dtype=torch.long) for k in SUFFIX_TOKEN_TYPE}
         if self.family == "paligemma" and "token_type_ids" not in inputs:
             inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
@@ -150,13 +153,37 @@ class HFVisionQA:
         answers: Sequence[str],
         scores: Tensor,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """The model's own answer loss (mean over the batch's answer tokens) and no stack
-        masks. ``scores`` are not applied: BLIP returns only that batch mean, and one rule
-        serves every family (the recipe draws answers in proportion to their scores)."""
+        """(Σ_b score_b · mean answer-token cross-entropy_b / B, no stack masks). BLIP's
+        label smoothing, part of its own loss, is kept."""
         inputs = self.training_inputs(images, questions, answers)
+        labels = inputs.pop("labels")
         device = next(self.model.parameters()).device
-        loss: Tensor = model(**{k: v.to(device) for k, v in inputs.items()}).loss
+        with self._answer_logits(model) as captured:
+            outputs = model(**{k: v.to(device) for k, v in inputs.items()})
+        logits = captured[0] if captured else outputs.logits  # (B, T, V)
+        smoothing = self.model.config.text_config.label_smoothing if self.family == "blip" else 0.0
+        loss = score_weighted_answer_loss(
+            logits[:, :-1],  # position t predicts token t + 1
+            labels[:, 1:].to(device),
+            scores,
+            smoothing,
+        )
         return loss, {}
+
+    @contextmanager
+    def _answer_logits(self, model: Any) -> Iterator[list[Tensor]]:
+        """BLIP's question-answering output has no logits: collect its text decoder's while
+        the (possibly DDP-wrapped) model runs. Other families return them; yields []."""
+        captured: list[Tensor] = []
+        if self.family != "blip":
+            yield captured
+            return
+        decoder = extract_model_from_parallel(model).text_decoder
+        handle = decoder.register_forward_hook(lambda _m, _i, out: captured.append(out.logits))
+        try:
+            yield captured
+        finally:
+            handle.remove()
 
     @torch.no_grad()
     def answer(

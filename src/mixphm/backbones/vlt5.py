@@ -24,13 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import T5Config, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.t5.modeling_t5 import T5LayerNorm, T5Stack
 
-from mixphm.backbones.generation import Decoding, pad_rows
+from mixphm.backbones.generation import (
+    IGNORED,
+    Decoding,
+    pad_rows,
+    score_weighted_answer_loss,
+)
 from mixphm.data.examples import RegionFeatures
 
 VQA_PROMPT = "vqa: {question}"
@@ -363,11 +367,9 @@ class VLT5VQA:
         inputs = self.inputs(visuals, questions)
         labels, label_mask = self._encode(answers, self.max_answer_tokens)
         labels, label_mask = labels.to(self.model.device), label_mask.to(self.model.device)
-        labels = labels.masked_fill(label_mask == 0, -100)
+        labels = labels.masked_fill(label_mask == 0, IGNORED)
         logits = model(**inputs, labels=labels).logits  # (B, L, vocab)
-        tokens = F.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none")
-        per_answer = (tokens * label_mask).sum(1) / label_mask.sum(1).clamp(min=1)
-        loss = (per_answer * scores.to(per_answer.device)).mean()
+        loss = score_weighted_answer_loss(logits, labels, scores)
         regions = inputs["visual_features"].shape[1]
         masks = {
             "encoder": joint_mask(inputs["attention_mask"], regions).bool(),
