@@ -1,5 +1,7 @@
 """Routing in training, the merged expert in evaluation, and the merge cache."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -155,3 +157,18 @@ def test_config_errors_are_clear():
         MixPHMConfig.preset("lora")
     with pytest.raises(ValueError, match="not divisible by reduction_factor=5"):
         MixPHMAdapter(D, MixPHMConfig(reduction_factor=5), PHMRule(4), ExpertRouter(0, 1, 4), 0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("num_experts", 2.0, "num_experts must be int, got 2.0"),
+        ("vision_tower", 1, "vision_tower must be bool, got 1"),
+        ("phm_rank", "8", "phm_rank must be int | None, got '8'"),
+        ("extra_ffn_classes", ["wo"], "extra_ffn_classes must be dict[str, str]"),
+    ],
+)
+def test_a_field_of_the_wrong_type_is_refused_by_name(field, value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        MixPHMConfig(**{field: value})
+    MixPHMConfig(dropout=0, phm_rank=None)  # an int is a float; optional fields take None

@@ -59,6 +59,21 @@ def test_bad_training_arguments_are_rejected_with_usage(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["num_experts=abc"], "num_experts must be int, got 'abc'"),
+        (["dropout=2"], "dropout must be in [0, 1), got 2"),
+        (["merge=sum"], "merge must be Literal['factors', 'products'], got 'sum'"),
+    ],
+)
+def test_bad_adapter_options_are_reported_before_any_work(options, message, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "run_offline", None)  # reaching the data would fail differently
+    argv = ["train", "--method", "mixphm", "--k", "16"]
+    assert cli.main(argv + [f"--adapter-option={o}" for o in options]) == 2
+    assert f"mixphm train: error: {message}" in capsys.readouterr().err
+
+
 def test_k_larger_than_the_pool_is_reported_before_any_work(capsys):
     assert cli.main(["train", "--method", "mixphm", "--k", "30000"]) == 2
     error = capsys.readouterr().err

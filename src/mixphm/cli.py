@@ -208,6 +208,7 @@ def run(args: argparse.Namespace, command: str) -> None:
 
 def train_or_benchmark(args: argparse.Namespace, command: str) -> None:
     from mixphm.training import benchmark
+    from mixphm.training.methods import adapter_config
     from mixphm.training.recipe import RunSpec
 
     if args.command == "train":
@@ -233,6 +234,8 @@ def train_or_benchmark(args: argparse.Namespace, command: str) -> None:
     specs = [
         RunSpec(m, k, s, b, args.max_epochs, args.mixed_precision, options) for b, m, k, s in grid
     ]
+    for spec in specs:  # bad adapter options fail here, before any data or model is built
+        adapter_config(spec.method, spec.seed, dict(spec.adapter_options))
     label = "easy-VQA" if offline else args.dataset
     if getattr(args, "summarize_only", False):
         results = benchmark.collect(args.out)

@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 MergeMode = Literal["factors", "products"]
 
 PRESETS = ("mixphm", "compacter", "adamix", "pfeiffer", "houlsby")
+
+
+def has_type(value: Any, hint: Any) -> bool:
+    """Whether ``value`` fits the annotation ``hint`` (an int is a float, a bool is no int)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(has_type(value, arg) for arg in args)
+    if origin is Literal:
+        return value in args
+    if origin is not None:
+        return isinstance(value, origin)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
 
 
 @dataclass(frozen=True)
@@ -45,6 +63,14 @@ class MixPHMConfig:
     """More feed-forward classes to adapt: class name → name of its output nn.Linear."""
 
     def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if not has_type(value, hints[name]):
+                hint = hints[name]
+                expected = hint.__name__ if isinstance(hint, type) else str(hint)
+                expected = expected.replace("typing.", "")
+                raise ValueError(f"{name} must be {expected}, got {value!r}")
         checks = [
             (
                 self.reduction_factor >= 1,
@@ -57,10 +83,6 @@ class MixPHMConfig:
                 f"phm_rank must be ≥ 1 or None, got {self.phm_rank}",
             ),
             (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
-            (
-                self.merge in ("factors", "products"),
-                f"merge must be 'factors' or 'products', got {self.merge!r}",
-            ),
         ]
         for ok, message in checks:
             if not ok:

@@ -71,14 +71,30 @@ def regularizer_config(method: str) -> RedundancyConfig | None:
     return RedundancyConfig(alpha=extra["alpha"], beta=extra["beta"])
 
 
+def adapter_config(
+    method: str, seed: int, adapter_options: Mapping[str, Any] | None = None
+) -> MixPHMConfig | None:
+    """The adapters a MixPHM-family method adds (None for the other methods), with
+    ``adapter_options`` overriding fields of its preset (ablations). Raises ValueError for
+    options the method cannot take; cheap, so callers check before any work."""
+    options = dict(adapter_options or {})
+    if method not in (*ADAPTER_METHODS, "mixphm-ra"):
+        if options:
+            raise ValueError(f"adapter options apply to the MixPHM family only, not to {method}")
+        return None
+    preset = "mixphm" if method == "mixphm-ra" else method
+    return MixPHMConfig.preset(preset, **{"routing_seed": seed, **options})
+
+
 def apply_method(
     model: nn.Module, method: str, seed: int, adapter_options: Mapping[str, Any] | None = None
 ) -> nn.Module:
     """Make exactly the method's parameters trainable (adding them where needed).
     ``adapter_options`` override fields of the MixPHM-family preset (ablations)."""
     settings = method_settings(method)
-    if adapter_options and method not in (*ADAPTER_METHODS, "mixphm-ra"):
-        raise ValueError(f"adapter options apply to the MixPHM family only, not to {method}")
+    adapters = adapter_config(method, seed, adapter_options)
+    if adapters is not None:
+        return add_mixphm(model, adapters)
     if method == "full":
         return model.requires_grad_(True)
     if method == "bitfit":
@@ -103,6 +119,4 @@ def apply_method(
         else:
             config = IA3Config(target_modules=IA3_TARGETS, feedforward_modules=IA3_FEEDFORWARD)
         return inject_adapter_in_model(config, model)
-    preset = "mixphm" if method == "mixphm-ra" else method
-    options = dict(adapter_options or {})
-    return add_mixphm(model, MixPHMConfig.preset(preset, **{"routing_seed": seed, **options}))
+    raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
