@@ -63,11 +63,9 @@ class MixPHMConfig:
     """More feed-forward classes to adapt: class name → name of its output nn.Linear."""
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for name in self.__dataclass_fields__:
+        for name, hint in typing.get_type_hints(type(self)).items():
             value = getattr(self, name)
-            if not has_type(value, hints[name]):
-                hint = hints[name]
+            if not has_type(value, hint):
                 expected = hint.__name__ if isinstance(hint, type) else str(hint)
                 expected = expected.replace("typing.", "")
                 raise ValueError(f"{name} must be {expected}, got {value!r}")
