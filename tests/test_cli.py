@@ -125,21 +125,28 @@ def test_train_then_predict_on_an_image_file(tmp_path, capsys):
 
 
 def test_summarize_only_rebuilds_the_table_from_finished_runs(tmp_path, capsys):
+    import csv
     import json
 
-    for seed, accuracy in ((13, 50.0), (21, 60.0)):
-        run = tmp_path / "runs" / "pretrained" / "mixphm" / "k16" / f"seed{seed}"
+    for seed, accuracy, options in ((13, 50.0, {}), (21, 60.0, {}), (13, 70.0, {"dropout": 0.0})):
+        variant = "mixphm+dropout=0.0" if options else "mixphm"
+        run = tmp_path / "runs" / "pretrained" / variant / "k16" / f"seed{seed}"
         run.mkdir(parents=True)
         record = {
             "method": "mixphm", "k": 16, "seed": seed, "backbone": "pretrained",
             "dev_accuracy": 40.0, "test_accuracy": accuracy, "trainable_parameters": 10,
             "total_parameters": 1000, "train_seconds": 1.0, "epochs": 3, "best_epoch": 1,
+            "adapter_options": options,
         }  # fmt: skip
         (run / "result.json").write_text(json.dumps(record))
     argv = ["benchmark", "--out", str(tmp_path), "--methods", "mixphm", "--summarize-only"]
     assert cli.main(argv) == 0
-    assert "| mixphm | 1.000 | **55.0 ± 7.1 (2)** |" in (tmp_path / "summary.md").read_text()
-    assert (tmp_path / "runs.csv").read_text().count("\n") == 3
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| mixphm | 1.000 | 55.0 ± 7.1 (2) |" in summary
+    assert "| mixphm+dropout=0.0 | 1.000 | **70.0 ± 0.0 (1)** |" in summary
+    with (tmp_path / "runs.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [json.loads(r["adapter_options"]) for r in rows] == [{}, {}, {"dropout": 0.0}]
     assert (tmp_path / "accuracy_vs_k_pretrained.png").is_file()
 
 

@@ -120,7 +120,8 @@ def run_grid(
 
 
 def collect(out: Path) -> list[RunResult]:
-    """Every finished run under ``out``; rewrites ``runs.csv`` from them."""
+    """Every finished run under ``out``; rewrites ``runs.csv`` from them (adapter options as
+    JSON)."""
     results = [
         RunResult(**json.loads(p.read_text()))
         for p in sorted((out / "runs").glob("**/result.json"))
@@ -130,7 +131,7 @@ def collect(out: Path) -> list[RunResult]:
         writer = csv.DictWriter(f, fieldnames=names)
         writer.writeheader()
         for r in sorted(results, key=lambda r: (r.backbone, r.variant, r.k, r.seed)):
-            writer.writerow(asdict(r))
+            writer.writerow({**asdict(r), "adapter_options": json.dumps(r.adapter_options)})
     return results
 
 
