@@ -74,6 +74,13 @@ def test_bad_adapter_options_are_reported_before_any_work(options, message, caps
     assert f"mixphm train: error: {message}" in capsys.readouterr().err
 
 
+def test_a_distributed_launch_of_the_offline_benchmark_is_refused(capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it in every rank
+    monkeypatch.setattr(cli, "load_easy_vqa", None)  # reaching the data would fail differently
+    assert cli.main(["benchmark", "--methods", "mixphm", "--ks", "16"]) == 2
+    assert "without torchrun or accelerate launch" in capsys.readouterr().err
+
+
 def test_k_larger_than_the_pool_is_reported_before_any_work(capsys):
     assert cli.main(["train", "--method", "mixphm", "--k", "30000"]) == 2
     error = capsys.readouterr().err

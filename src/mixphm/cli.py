@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -256,6 +257,11 @@ def train_or_benchmark(args: argparse.Namespace, command: str) -> None:
 def run_offline(args: argparse.Namespace, specs: list[Any]) -> list[Any]:
     from mixphm.training import benchmark
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(
+            "the offline backbones train in worker processes of their own (--workers); run "
+            "mixphm without torchrun or accelerate launch, which are for vlt5 and hf:<model>"
+        )
     test_limit = None if args.full_test else args.test_limit
     pool = load_easy_vqa("train")
     for spec in specs:  # bad k fails here, before any model or feature is built
