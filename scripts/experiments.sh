@@ -46,4 +46,5 @@ $mixphm breakdown --run "${runs[@]}" results/mixphm-ablation/dropout-0/runs \
 
 # 5. Where the gap is: test accuracy per answer type and answer collapse of the finished runs
 #    (reads each run's test_predictions.json; computes it from the weights where missing).
-$mixphm breakdown --run results/easy-vqa/runs/pretrained --ks 64 100 500 --output results/easy-vqa
+$mixphm breakdown --run results/easy-vqa/runs/pretrained --ks 64 100 500 1000 \
+    --output results/easy-vqa
