@@ -10,7 +10,7 @@ from tiny_models import BUILDERS
 from tiny_processors import PROCESSORS
 
 from mixphm import MixPHMConfig, add_mixphm
-from mixphm.backbones.generation import Decoding
+from mixphm.backbones.generation import IGNORED, Decoding, score_weighted_answer_loss
 from mixphm.backbones.hf_vlm import HFVisionQA
 from mixphm.inject import mixphm_adapters
 
@@ -116,3 +116,18 @@ def test_the_loss_weights_each_answer_by_its_score(family):
     assert loss([0], [0.3]) == pytest.approx(0.3 * alone, rel=1e-5)
     both = loss([0, 1], [1.0, 1.0])
     assert both == pytest.approx((alone + loss([1], [1.0])) / 2, rel=1e-4)
+
+
+def test_the_shared_loss_matches_dense_cross_entropy_with_label_smoothing():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 11)
+    labels = torch.randint(0, 11, (3, 5))
+    labels[0, 3:] = IGNORED
+    labels[2, :] = IGNORED  # a row without answer tokens contributes 0
+    scores = torch.tensor([1.0, 0.5, 1.0])
+    dense = torch.nn.functional.cross_entropy(
+        logits.transpose(1, 2), labels, reduction="none", label_smoothing=0.1
+    )  # 0 where IGNORED
+    expected = torch.stack([dense[0].sum() / 3, dense[1].sum() / 5 * 0.5, torch.tensor(0.0)])
+    loss = score_weighted_answer_loss(logits, labels, scores, label_smoothing=0.1)
+    torch.testing.assert_close(loss, expected.mean())

@@ -35,14 +35,16 @@ def score_weighted_answer_loss(
 ) -> Tensor:
     """Σ_b score_b · (cross-entropy averaged over row b's answer tokens) / B, as the VL-T5
     code trains VQA. logits (B, T, V) predict labels (B, T) position by position (shifted
-    already); positions labelled ``IGNORED`` count nowhere; scores (B,)."""
+    already); positions labelled ``IGNORED`` count nowhere; scores (B,). Only the answer
+    positions' logits are taken to float32: a VLM's prompt holds hundreds of image tokens."""
     answer_tokens = labels != IGNORED
-    tokens = F.cross_entropy(
-        logits.float().transpose(1, 2),
-        labels,
+    rows, positions = answer_tokens.nonzero(as_tuple=True)
+    token_losses = F.cross_entropy(
+        logits[rows, positions].float(),
+        labels[rows, positions],
         reduction="none",
-        ignore_index=IGNORED,
         label_smoothing=label_smoothing,
     )
-    per_answer = (tokens * answer_tokens).sum(1) / answer_tokens.sum(1).clamp(min=1)
+    sums = token_losses.new_zeros(labels.shape[0]).index_add(0, rows, token_losses)
+    per_answer = sums / answer_tokens.sum(1).clamp(min=1)
     return (per_answer * scores.to(per_answer.device)).mean()
