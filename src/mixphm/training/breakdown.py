@@ -23,7 +23,7 @@ from mixphm.data.examples import VQAExample
 from mixphm.evaluation import Scored, score, summarize
 from mixphm.training.objectives import CandidateScoring
 from mixphm.training.predict import check_finished, load_run
-from mixphm.training.recipe import PREDICTIONS_FILE, variant_name, write_predictions
+from mixphm.training.recipe import PREDICTIONS_FILE, record_variant, write_predictions
 from mixphm.training.setup import OfflineSetup, backbone_factory
 
 UNTYPED = "all"
@@ -44,7 +44,7 @@ class TypeOutcome:
 class RunBreakdown:
     backbone: str
     variant: str
-    """The method with any adapter options (``variant_name``)."""
+    """The method with any adapter options (``record_variant``)."""
     k: int
     seed: int
     test_accuracy: float
@@ -146,8 +146,7 @@ def breakdown(
                 f"{directory}: its {PREDICTIONS_FILE} scores {overall:.2f} but its result.json "
                 f"records {result['test_accuracy']}; the two come from different runs"
             )
-        variant = variant_name(result["method"], result.get("adapter_options", {}))
-        key = (result["backbone"], variant, result["k"], result["seed"])
+        key = (result["backbone"], record_variant(result), result["k"], result["seed"])
         outcomes.append(RunBreakdown(*key, overall, types))
     return outcomes
 

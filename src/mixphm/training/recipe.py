@@ -77,10 +77,14 @@ def variant_name(method: str, adapter_options: dict[str, Any]) -> str:
     return method + "".join(options)
 
 
+def record_variant(result: dict[str, Any]) -> str:
+    """The variant of a finished run's record (its result.json; older ones lack options)."""
+    return variant_name(result["method"], result.get("adapter_options", {}))
+
+
 def run_label(result: dict[str, Any]) -> str:
     """``<variant> k=<k> seed=<seed>`` of a finished run's record (its result.json)."""
-    variant = variant_name(result["method"], result.get("adapter_options", {}))
-    return f"{variant} k={result['k']} seed={result['seed']}"
+    return f"{record_variant(result)} k={result['k']} seed={result['seed']}"
 
 
 @dataclass
