@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -149,15 +152,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+RESUMABLE = ("train", "benchmark")
+INTERRUPTED = 130
+"""The exit status of a command stopped by Ctrl-C or SIGTERM (128 + SIGINT, as a shell)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
-        run(args, "mixphm " + shlex.join(argv))
+        with sigterm_as_interrupt():
+            run(args, "mixphm " + shlex.join(argv))
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"mixphm {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        resume = (
+            "; finished runs are kept, and the same command resumes an unfinished run from "
+            "its last finished epoch"
+        )
+        print(
+            f"mixphm {args.command}: interrupted{resume if args.command in RESUMABLE else ''}",
+            file=sys.stderr,
+        )
+        return INTERRUPTED
     return 0
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a job scheduler's time limit) stops the command as Ctrl-C does,
+    so its worker processes are stopped too rather than left running."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run(args: argparse.Namespace, command: str) -> None:

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import csv
 import json
-import multiprocessing
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, fields
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -32,6 +31,7 @@ from mixphm.training.recipe import (
     write_predictions,
 )
 from mixphm.training.setup import OfflineSetup, backbone_factory
+from mixphm.training.workers import map_in_workers
 
 _setup: OfflineSetup | None = None
 
@@ -52,7 +52,7 @@ def _worker_init(test_limit: int | None, threads: int) -> None:
     _setup = OfflineSetup.build(test_limit=test_limit)
 
 
-def _run_one(spec: RunSpec, out: Path) -> RunResult:
+def _run_one(out: Path, spec: RunSpec) -> RunResult:
     assert _setup is not None
     data = _setup.splits(spec.k, spec.seed)
     directory = run_dir(out, spec)
@@ -110,12 +110,10 @@ def run_grid(
         backbone_factory(backbone)  # build shared artefacts once, before the workers start
     if todo:
         threads = max(1, torch.get_num_threads() // workers)
-        context = multiprocessing.get_context("spawn")  # no fork after torch started threads
-        with ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_worker_init, initargs=(test_limit, threads)
-        ) as pool:
-            for result in pool.map(_run_one, todo, [out] * len(todo)):
-                report(result)
+        setup = (test_limit, threads)
+        processes = min(workers, len(todo))
+        for result in map_in_workers(partial(_run_one, out), todo, processes, _worker_init, setup):
+            report(result)
     return collect(out)
 
 

@@ -1,0 +1,50 @@
+"""Tasks for worker processes (spawned workers import them from here), and a command whose
+runs take long: ``python worker_tasks.py DIR`` is ``mixphm train``'s command handling around
+four tasks in two workers; each task writes its worker's pid to ``DIR/task<i>.pid``, then
+waits."""
+
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from mixphm import cli
+from mixphm.training.workers import map_in_workers
+
+
+def square(number: int) -> int:
+    return number * number
+
+
+def fail(number: int) -> int:
+    raise ValueError(f"task {number} failed")
+
+
+def no_setup() -> None:
+    pass
+
+
+def failing_setup() -> None:
+    raise FileNotFoundError("the worker's data is missing")
+
+
+def hold(path: str) -> None:
+    lock = multiprocessing.get_context("spawn").Lock()  # as tqdm's, in a training run
+    Path(path + ".tmp").write_text(str(os.getpid()))
+    os.replace(path + ".tmp", path)
+    with lock:
+        time.sleep(300)
+
+
+def held_runs(args, command) -> None:
+    tasks = [f"{sys.argv[1]}/task{i}.pid" for i in range(4)]
+    for _ in map_in_workers(hold, tasks, 2, no_setup):
+        pass
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    cli.run = held_runs
+    sys.exit(cli.main(["train", "--method", "mixphm", "--k", "16"]))
