@@ -86,3 +86,29 @@ def test_an_unknown_backbone_is_rejected_with_usage(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--backbone", "vl-bart", "--method", "mixphm", "--k", "16"])
     assert "unknown backbone 'vl-bart'" in capsys.readouterr().err
+
+
+def test_two_torchrun_ranks_train_one_run_and_rank_zero_writes_the_table(vlt5_files, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).parent
+    path = os.pathsep.join(filter(None, [str(tests), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    argv = ["train", *vlt5_files, "--method", "mixphm", "--k", "4", "--max-epochs", "2"]
+    done = subprocess.run(
+        [*torchrun, "-m", "mixphm.cli", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "out"
+    result = json.loads((out / "runs/vlt5/mixphm/k4/seed13/result.json").read_text())
+    assert result["epochs"] == 2
+    assert len((out / "runs.csv").read_text().splitlines()) == 2  # the header and the run
+    assert done.stdout.count("Test accuracy (%) on vqa-v2") == 1  # printed by rank 0 only

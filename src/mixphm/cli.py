@@ -272,12 +272,15 @@ def train_or_benchmark(args: argparse.Namespace, command: str) -> None:
     for spec in specs:  # bad adapter options fail here, before any data or model is built
         adapter_config(spec.method, spec.seed, dict(spec.adapter_options))
     label = "easy-VQA" if offline else args.dataset
+    results: list[Any] | None
     if getattr(args, "summarize_only", False):
         results = benchmark.collect(args.out)
     elif offline:
         results = run_offline(args, specs)
     else:
         results = run_files(args, specs)
+    if results is None:  # another process of a distributed launch; the main one reports
+        return
     summary = benchmark.write_summary(results, args.out, command, label)
     for name in sorted({spec.backbone for spec in specs}):
         benchmark.plot(results, args.out, name, dataset=label)
@@ -307,7 +310,7 @@ def run_offline(args: argparse.Namespace, specs: list[Any]) -> list[Any]:
     return benchmark.run_grid(specs, args.out, test_limit, workers)
 
 
-def run_files(args: argparse.Namespace, specs: list[Any]) -> list[Any]:
+def run_files(args: argparse.Namespace, specs: list[Any]) -> list[Any] | None:
     from mixphm.backbones.generation import Decoding
     from mixphm.training.external import ExternalData, run_external_grid
 

@@ -81,8 +81,9 @@ def zero_shot(backbone: str, out: Path, test_limit: int | None) -> RunResult:
     return result
 
 
-def pending(specs: Sequence[RunSpec], out: Path) -> list[RunSpec]:
-    """The specs without a finished run (``result.json``) under ``out``, said aloud."""
+def pending(specs: Sequence[RunSpec], out: Path, say: bool = True) -> list[RunSpec]:
+    """The specs without a finished run (``result.json``) under ``out``, said aloud if
+    ``say``."""
     todo = []
     for spec in specs:
         path = run_dir(out, spec) / "result.json"
@@ -90,7 +91,8 @@ def pending(specs: Sequence[RunSpec], out: Path) -> list[RunSpec]:
             check_same_run(spec, json.loads(path.read_text()), path)
         else:
             todo.append(spec)
-    print(f"{len(specs) - len(todo)} of {len(specs)} runs already finished; {len(todo)} to go")
+    if say:
+        print(f"{len(specs) - len(todo)} of {len(specs)} runs already finished; {len(todo)} to go")
     return todo
 
 

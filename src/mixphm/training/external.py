@@ -8,11 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from accelerate import Accelerator
+
 from mixphm.backbones.generation import Decoding
 from mixphm.data import VQADataset, load_vlt5_vqa, sample_low_resource
 from mixphm.data.examples import DataError, Metric
 from mixphm.training.objectives import AnswerGeneration, GenerativeVQA
-from mixphm.training.recipe import RunResult, RunSpec, train
+from mixphm.training.recipe import RunResult, RunSpec, make_accelerator, train
 
 DATASET_METRICS: dict[str, Metric] = {"vqa-v2": "vqa", "ok-vqa": "vqa", "gqa": "exact"}
 HF_PREFIX = "hf:"
@@ -79,6 +81,7 @@ def run_external(
     tokenizer: str,
     decoding: Decoding,
     run_dir: Path,
+    accelerator: Accelerator | None = None,
 ) -> RunResult:
     """One run of the protocol: k questions to train and k for dev sampled from ``pool``
     with the seed, the best-dev weights scored on ``test``."""
@@ -86,7 +89,7 @@ def run_external(
     vqa = build_generative(spec.backbone, checkpoint, tokenizer)
     objective = AnswerGeneration(vqa, spec.seed, decoding)
     splits = (sampled.train, sampled.dev, test)
-    return train(spec, lambda: vqa.model, splits, objective, run_dir)
+    return train(spec, lambda: vqa.model, splits, objective, run_dir, accelerator)
 
 
 def run_external_grid(
@@ -96,17 +99,25 @@ def run_external_grid(
     tokenizer: str,
     decoding: Decoding,
     out: Path,
-) -> list[RunResult]:
-    """Every spec without a result yet, one after another (one accelerator, or DDP under
-    ``accelerate launch``); finished runs are skipped, interrupted ones resume. The split
-    files are read once for the whole grid."""
+) -> list[RunResult] | None:
+    """Every spec without a result yet, one after another on one accelerator (one device,
+    or DDP under ``torchrun`` / ``accelerate launch``; the specs share one precision);
+    finished runs are skipped, interrupted ones resume. The split files are read once for
+    the whole grid. Returns every finished run under ``out`` in the main process (which
+    alone reports and writes ``runs.csv``), None in the others."""
     from mixphm.training.benchmark import collect, pending, report, run_dir
 
-    todo = pending(specs, out)
+    accelerator = make_accelerator(specs[0].mixed_precision)
+    main = accelerator.is_main_process
+    todo = pending(specs, out, say=main)
     if todo:
         pool = data.load(data.train_files, "train")
         test = data.load(data.test_files, "test")
         for spec in todo:
             directory = run_dir(out, spec)
-            report(run_external(spec, pool, test, checkpoint, tokenizer, decoding, directory))
-    return collect(out)
+            result = run_external(
+                spec, pool, test, checkpoint, tokenizer, decoding, directory, accelerator
+            )
+            if main:
+                report(result)
+    return collect(out) if main else None

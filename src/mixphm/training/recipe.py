@@ -157,6 +157,12 @@ def check_same_run(spec: RunSpec, recorded: dict[str, Any], source: Path) -> Non
         )
 
 
+def make_accelerator(mixed_precision: str = "no") -> Accelerator:
+    """This process's accelerate handle: the GPU if there is one, else the CPU; under
+    ``torchrun`` / ``accelerate launch``, one rank of a DDP group (gloo on CPUs)."""
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision)
+
+
 def trainable_state(model: nn.Module) -> dict[str, Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -181,9 +187,7 @@ def train(
     train_split, dev_split, test_split = data
     settings = method_settings(spec.method)
     max_epochs = spec.max_epochs or settings.max_epochs
-    accelerator = accelerator or Accelerator(
-        cpu=not torch.cuda.is_available(), mixed_precision=spec.mixed_precision
-    )
+    accelerator = accelerator or make_accelerator(spec.mixed_precision)
     torch.manual_seed(spec.seed)
     options = dict(spec.adapter_options)
     model: Any = apply_method(build_backbone(), spec.method, spec.seed, options)
