@@ -21,13 +21,28 @@ def test_every_item_is_done_once():
 @pytest.mark.parametrize(
     ("task", "setup", "error", "message"),
     [
-        (worker_tasks.fail, worker_tasks.no_setup, ValueError, "task 0 failed"),
+        (worker_tasks.fail, worker_tasks.no_setup, ValueError, r"task \d failed"),
         (worker_tasks.square, worker_tasks.failing_setup, FileNotFoundError, "data is missing"),
     ],
 )
 def test_a_failure_in_a_worker_is_raised_in_the_caller(task, setup, error, message):
     with pytest.raises(error, match=message):
         list(map_in_workers(task, range(3), 2, setup))
+
+
+def test_a_worker_that_dies_ends_the_map_with_an_error(tmp_path):
+    held = tmp_path / "task.pid"
+    results = map_in_workers(worker_tasks.answer_or_hold, [1, str(held)], 2, worker_tasks.no_setup)
+    # one answer first: Python 3.11's executor can miss the death of a worker started after
+    # it began waiting for its first answer (it notices at the next answer)
+    assert next(results) == 1
+    deadline = time.monotonic() + 60
+    while not held.exists():
+        assert time.monotonic() < deadline, "the second task did not start"
+        time.sleep(0.05)
+    os.kill(int(held.read_text()), signal.SIGKILL)  # as the out-of-memory killer does
+    with pytest.raises(RuntimeError, match="a worker process died"):
+        next(results)
 
 
 def alive(pid: int) -> bool:

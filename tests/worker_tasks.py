@@ -3,12 +3,13 @@ runs take long: ``python worker_tasks.py DIR`` is ``mixphm train``'s command han
 four tasks in two workers; each task writes its worker's pid to ``DIR/task<i>.pid``, then
 waits."""
 
-import multiprocessing
 import os
 import signal
 import sys
 import time
 from pathlib import Path
+
+from tqdm import tqdm
 
 from mixphm import cli
 from mixphm.training.workers import map_in_workers
@@ -31,11 +32,18 @@ def failing_setup() -> None:
 
 
 def hold(path: str) -> None:
-    lock = multiprocessing.get_context("spawn").Lock()  # as tqdm's, in a training run
-    Path(path + ".tmp").write_text(str(os.getpid()))
-    os.replace(path + ".tmp", path)
-    with lock:
+    for _ in tqdm(range(1), disable=True):  # as a training run does (tqdm makes its lock)
+        Path(path + ".tmp").write_text(str(os.getpid()))
+        os.replace(path + ".tmp", path)
         time.sleep(300)
+
+
+def answer_or_hold(item: int | str) -> int | None:
+    """A number comes straight back; a path is held (``hold``)."""
+    if isinstance(item, int):
+        return item
+    hold(item)
+    return None
 
 
 def held_runs(args, command) -> None:
