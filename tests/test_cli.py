@@ -94,6 +94,14 @@ def test_predict_needs_a_finished_run(tmp_path, capsys):
     assert "result.json not found" in capsys.readouterr().err
 
 
+def test_predict_refuses_an_empty_question(tmp_path, capsys):
+    args = ["predict", "--run", str(tmp_path), "--image", "x.png", "--question", "  "]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args)
+    assert exit_info.value.code == 2
+    assert "--question: the question is empty" in capsys.readouterr().err
+
+
 def test_train_then_predict_on_an_image_file(tmp_path, capsys):
     from mixphm.assets import load_minilm
     from mixphm.backbones.offline_vlm import OfflineVLM

@@ -49,6 +49,12 @@ def adapter_option(text: str) -> tuple[str, Any]:
         return name, value
 
 
+def question_text(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the question is empty")
+    return text
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -148,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--run", type=Path, required=True, help="a run folder (has result.json)")
     predict.add_argument("--image", type=Path, required=True)
-    predict.add_argument("--question", required=True)
+    predict.add_argument("--question", type=question_text, required=True)
     return parser
 
 
