@@ -89,24 +89,10 @@ def test_an_unknown_backbone_is_rejected_with_usage(capsys):
 
 
 def test_two_torchrun_ranks_train_one_run_and_rank_zero_writes_the_table(vlt5_files, tmp_path):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from two_ranks import torchrun_two_ranks
 
-    tests = Path(__file__).parent
-    path = os.pathsep.join(filter(None, [str(tests), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     argv = ["train", *vlt5_files, "--method", "mixphm", "--k", "4", "--max-epochs", "2"]
-    done = subprocess.run(
-        [*torchrun, "-m", "mixphm.cli", *argv],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = torchrun_two_ranks("-m", "mixphm.cli", *argv)
     out = tmp_path / "out"
     result = json.loads((out / "runs/vlt5/mixphm/k4/seed13/result.json").read_text())
     assert result["epochs"] == 2

@@ -1,17 +1,11 @@
 """Routing is a function of (seed, step): reproducible, and identical on every rank."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import torch
 from tiny_models import t5
+from two_ranks import TESTS, torchrun_two_ranks
 
 from mixphm import MixPHMConfig, add_mixphm
 from mixphm.routing import ExpertRouter, expert_choices
-
-TESTS = Path(__file__).parent
 
 
 def test_choices_depend_only_on_seed_and_step():
@@ -53,18 +47,7 @@ def test_each_training_forward_advances_routing_and_eval_does_not():
 
 
 def test_two_gloo_processes_route_identically_and_stay_in_sync(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(TESTS / "routing_worker.py"),
-        str(tmp_path),
-    ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    torchrun_two_ranks(str(TESTS / "routing_worker.py"), str(tmp_path), timeout=300)
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert torch.equal(rank0["choices"], rank1["choices"])
     assert len(torch.unique(rank0["choices"])) > 1  # the experts really vary

@@ -136,24 +136,10 @@ def test_method_settings_follow_the_reference_script():
 
 
 def test_two_gloo_processes_match_a_single_process_with_the_same_global_batch(tmp_path):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     from ddp_training_worker import DATA as WORKER_DATA
+    from two_ranks import TESTS, torchrun_two_ranks
 
-    tests = Path(__file__).parent
-    env = {**os.environ, "PYTHONPATH": str(tests), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    result = subprocess.run(
-        [*command, str(tests / "ddp_training_worker.py"), str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    torchrun_two_ranks(str(TESTS / "ddp_training_worker.py"), str(tmp_path))
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
 
     captured = {}
