@@ -37,11 +37,11 @@ $mixphm benchmark --out results/mixphm-ablation/dropout-0 --methods mixphm --ks 
     --seeds 13 21 42 --workers 1 --adapter-option dropout=0.0
 $mixphm benchmark --out results/mixphm-ablation/one-expert --methods mixphm --ks 64 \
     --seeds 13 21 42 --workers 1 --adapter-option num_experts=1
-#    The same two at k = 1000 (seed 13), where AdaMix's four experts are not behind.
+#    The same two at k = 1000 (seeds 13 and 21), where AdaMix's four experts are not behind.
 $mixphm benchmark --out results/mixphm-ablation/dropout-0 --methods mixphm --ks 1000 \
-    --seeds 13 --workers 2 --adapter-option dropout=0.0
+    --seeds 13 21 --workers 2 --adapter-option dropout=0.0
 $mixphm benchmark --out results/mixphm-ablation/one-expert --methods mixphm --ks 1000 \
-    --seeds 13 --workers 2 --adapter-option num_experts=1
+    --seeds 13 21 --workers 2 --adapter-option num_experts=1
 runs=()
 for method in mixphm pfeiffer full; do
     for seed in 13 21 42; do runs+=("results/easy-vqa/runs/pretrained/$method/k64/seed$seed"); done
@@ -49,6 +49,7 @@ done
 for method in mixphm pfeiffer full adamix compacter; do
     runs+=("results/easy-vqa/runs/pretrained/$method/k1000/seed13")
 done
+runs+=(results/easy-vqa/runs/pretrained/{mixphm,full}/k1000/seed21)
 $mixphm breakdown --run "${runs[@]}" results/mixphm-ablation/dropout-0/runs \
     results/mixphm-ablation/one-expert/runs --output results/mixphm-ablation
 
