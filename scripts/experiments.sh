@@ -57,3 +57,10 @@ $mixphm breakdown --run "${runs[@]}" results/mixphm-ablation/dropout-0/runs \
 #    (reads each run's test_predictions.json; computes it from the weights where missing).
 $mixphm breakdown --run results/easy-vqa/runs/pretrained --ks 64 100 500 1000 \
     --output results/easy-vqa
+#    Seed by seed at k = 1000 (the README's per-seed figures), with the ablations' seeds.
+for seed in $seeds; do
+    runs=(results/easy-vqa/runs/pretrained)
+    case $seed in 13 | 21) runs+=(results/mixphm-ablation/{dropout-0,one-expert}/runs) ;; esac
+    $mixphm breakdown --run "${runs[@]}" --ks 1000 --seeds "$seed" \
+        --output "results/easy-vqa/k1000-by-seed/seed$seed"
+done

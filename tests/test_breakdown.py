@@ -48,9 +48,9 @@ def test_a_folder_without_finished_runs_is_refused(tmp_path, capsys):
     assert "no finished run" in capsys.readouterr().err
 
 
-def finished_run(directory, predictions, test_accuracy, method="lora", **adapter_options):
+def finished_run(directory, predictions, test_accuracy, method="lora", seed=13, **adapter_options):
     directory.mkdir(parents=True)
-    result = {"backbone": "pretrained", "method": method, "k": 16, "seed": 13}
+    result = {"backbone": "pretrained", "method": method, "k": 16, "seed": seed}
     result["test_accuracy"] = test_accuracy
     if adapter_options:
         result["adapter_options"] = adapter_options
@@ -80,3 +80,16 @@ def test_an_ablation_keeps_its_own_row(tmp_path):
     runs = breakdown([tmp_path / "preset", tmp_path / "ablation"])
     rows = format_breakdown(runs).splitlines()[2:]
     assert [row.split(" | ")[1] for row in rows] == ["mixphm", "mixphm+dropout=0.0+num_experts=1"]
+
+
+def test_runs_can_be_chosen_by_seed_and_k(tmp_path):
+    examples = load_easy_vqa("test").examples[:2]
+    predictions = {e.question_id: e.answers[0] for e in examples}
+    for seed in (13, 21):
+        finished_run(tmp_path / f"seed{seed}", predictions, 100.0, seed=seed)
+    (run,) = breakdown([tmp_path], ks=[16], seeds=[21])
+    assert (run.k, run.seed) == (16, 21)
+    assert len(breakdown([tmp_path], ks=[16])) == 2
+    missing = r"no finished run with k in \[16\] and seed in \[42\]"
+    with pytest.raises(FileNotFoundError, match=missing):
+        breakdown([tmp_path], ks=[16], seeds=[42])

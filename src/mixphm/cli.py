@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--run", type=Path, nargs="+", required=True, help="run folders, or folders holding runs"
     )
     breakdown.add_argument("--ks", type=int, nargs="+", help="only runs with these k")
+    breakdown.add_argument("--seeds", type=int, nargs="+", help="only runs with these seeds")
     breakdown.add_argument("--output", type=Path, default=Path("results/breakdown"))
 
     commands.add_parser("pretrain", help="build (once) and cache the pretrained offline backbone")
@@ -229,7 +230,7 @@ def run(args: argparse.Namespace, command: str) -> None:
     elif args.command == "breakdown":
         from mixphm.training.breakdown import breakdown, format_breakdown
 
-        runs = breakdown(args.run, ks=args.ks)
+        runs = breakdown(args.run, ks=args.ks, seeds=args.seeds)
         table = format_breakdown(runs)
         args.output.mkdir(parents=True, exist_ok=True)
         (args.output / "breakdown.md").write_text(

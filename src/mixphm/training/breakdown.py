@@ -78,9 +78,11 @@ Run = tuple[Path, dict[str, Any]]
 """A finished run's folder and its result record (``result.json``)."""
 
 
-def finished_runs(paths: Sequence[Path], ks: Sequence[int] | None = None) -> list[Run]:
+def finished_runs(
+    paths: Sequence[Path], ks: Sequence[int] | None = None, seeds: Sequence[int] | None = None
+) -> list[Run]:
     """Each path that is a finished run, or else every finished run beneath it; only runs
-    with these ``ks`` when given."""
+    with these ``ks`` and ``seeds`` when given."""
     runs: list[Run] = []
     for path in paths:
         found = (
@@ -89,10 +91,13 @@ def finished_runs(paths: Sequence[Path], ks: Sequence[int] | None = None) -> lis
             else sorted(p.parent for p in path.rglob("result.json"))
         )
         records = [(run, json.loads((run / "result.json").read_text())) for run in found]
-        if ks is not None:
-            records = [(run, result) for run, result in records if result["k"] in ks]
+        conditions = []
+        for field, values in (("k", ks), ("seed", seeds)):
+            if values is not None:
+                records = [(run, result) for run, result in records if result[field] in values]
+                conditions.append(f"{field} in {list(values)}")
         if not records:
-            wanted = "" if ks is None else f" with k in {list(ks)}"
+            wanted = " with " + " and ".join(conditions) if conditions else ""
             raise FileNotFoundError(f"{path}: no finished run{wanted} in or under it")
         runs += records
     return runs
@@ -120,11 +125,15 @@ def write_test_predictions(runs: Sequence[Run], test_limit: int) -> None:
 
 
 def breakdown(
-    paths: Sequence[Path], ks: Sequence[int] | None = None, test_limit: int = 2000
+    paths: Sequence[Path],
+    ks: Sequence[int] | None = None,
+    seeds: Sequence[int] | None = None,
+    test_limit: int = 2000,
 ) -> list[RunBreakdown]:
-    """The breakdown of every finished easy-VQA run in or under ``paths`` (with these ``ks``),
-    read from its test predictions (computed from its weights first where a run has none)."""
-    runs = finished_runs(paths, ks)
+    """The breakdown of every finished easy-VQA run in or under ``paths`` (with these ``ks``
+    and ``seeds``), read from its test predictions (computed from its weights first where a
+    run has none)."""
+    runs = finished_runs(paths, ks, seeds)
     missing = [run for run in runs if not (run[0] / PREDICTIONS_FILE).is_file()]
     if missing:
         write_test_predictions(missing, test_limit)
