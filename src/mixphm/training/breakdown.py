@@ -83,6 +83,10 @@ def finished_runs(
 ) -> list[Run]:
     """Each path that is a finished run, or else every finished run beneath it; only runs
     with these ``ks`` and ``seeds`` when given."""
+    wanted = {
+        field: list(values) for field, values in (("k", ks), ("seed", seeds)) if values is not None
+    }
+    condition = " and ".join(f"{field} in {values}" for field, values in wanted.items())
     runs: list[Run] = []
     for path in paths:
         found = (
@@ -90,15 +94,15 @@ def finished_runs(
             if (path / "result.json").is_file()
             else sorted(p.parent for p in path.rglob("result.json"))
         )
-        records = [(run, json.loads((run / "result.json").read_text())) for run in found]
-        conditions = []
-        for field, values in (("k", ks), ("seed", seeds)):
-            if values is not None:
-                records = [(run, result) for run, result in records if result[field] in values]
-                conditions.append(f"{field} in {list(values)}")
+        loaded = ((run, json.loads((run / "result.json").read_text())) for run in found)
+        records = [
+            (run, result)
+            for run, result in loaded
+            if all(result[field] in values for field, values in wanted.items())
+        ]
         if not records:
-            wanted = " with " + " and ".join(conditions) if conditions else ""
-            raise FileNotFoundError(f"{path}: no finished run{wanted} in or under it")
+            with_condition = f" with {condition}" if condition else ""
+            raise FileNotFoundError(f"{path}: no finished run{with_condition} in or under it")
         runs += records
     return runs
 
