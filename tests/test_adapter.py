@@ -1,5 +1,6 @@
 """Routing in training, the merged expert in evaluation, and the merge cache."""
 
+import math
 import re
 
 import pytest
@@ -27,9 +28,26 @@ def make_adapter(config=CONFIG, num_layers=1):
     return adapter, router
 
 
-def reference_forward(h, down, up):
+def gelu_new(x):
+    """GELU's tanh approximation as the reference code's ``gelu_new`` writes it."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
+def reference_forward(h, down, up, activation=gelu_new):
     (down_w, down_b), (up_w, up_b) = down, up
-    return F.linear(F.gelu(F.linear(h, down_w, down_b)), up_w, up_b)
+    return F.linear(activation(F.linear(h, down_w, down_b)), up_w, up_b)
+
+
+@pytest.mark.parametrize(("name", "activation"), [("gelu_new", gelu_new), ("gelu", F.gelu)])
+def test_the_adapter_nonlinearity_is_the_configured_gelu(name, activation):
+    adapter, _ = make_adapter(MixPHMConfig(**{**CONFIG.to_dict(), "activation": name}))
+    adapter.eval()
+    h = 3 * torch.randn(2, 5, D, dtype=torch.float64)
+    weights = adapter.merged_weights()
+    expected = reference_forward(h, weights[:2], weights[2:], activation)
+    torch.testing.assert_close(adapter(h), expected, rtol=1e-12, atol=1e-12)
+    other = F.gelu if activation is gelu_new else gelu_new
+    assert not torch.allclose(adapter(h), reference_forward(h, weights[:2], weights[2:], other))
 
 
 def test_training_forward_uses_exactly_the_routed_expert():

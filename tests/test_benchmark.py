@@ -1,5 +1,6 @@
 """The benchmark's bookkeeping: the zero-shot row is scored once and its answers kept; an
-ablation gets its own folder and row; a finished run is never taken for a different one."""
+ablation gets its own folder and row; a finished run is never taken for a different one;
+recipes never share a folder's table."""
 
 import json
 from types import SimpleNamespace
@@ -17,22 +18,28 @@ def test_the_zero_shot_row_keeps_its_answers_and_is_not_recomputed(tmp_path, mon
         benchmark, "_setup", SimpleNamespace(candidates=tiny_candidates(), test=test)
     )
     monkeypatch.setattr(benchmark, "backbone_factory", lambda name: tiny_vlm)
-    result = benchmark.zero_shot("tiny", tmp_path, test_limit=None)
-    folder = tmp_path / "runs" / "tiny" / "zero-shot" / "k0" / "seed0"
+    result = benchmark.zero_shot("tiny", tmp_path, test_limit=None, recipe="paper-v1")
+    folder = tmp_path / "runs" / "paper-v1" / "tiny" / "zero-shot" / "k0" / "seed0"
     predictions = json.loads((folder / PREDICTIONS_FILE).read_text())
     assert list(predictions) == [e.question_id for e in test.examples]
     assert prediction_accuracy(test, list(predictions.values())) == result.test_accuracy
 
     monkeypatch.setattr(benchmark, "backbone_factory", None)  # a recomputation would fail
-    reread = benchmark.zero_shot("tiny", tmp_path, test_limit=None)
+    reread = benchmark.zero_shot("tiny", tmp_path, test_limit=None, recipe="paper-v1")
     assert (reread.method, reread.test_accuracy) == ("zero-shot", result.test_accuracy)
 
 
-def finish(spec, out):
+def finish(spec, out, legacy=False):
+    """A finished run's record for ``spec``; ``legacy``: as runs before recipes wrote it."""
     folder = benchmark.run_dir(out, spec)
     folder.mkdir(parents=True)
     result = {"method": spec.method, "k": spec.k, "seed": spec.seed, "backbone": spec.backbone}
-    (folder / "result.json").write_text(json.dumps(result))  # as runs before 2026-11-30 wrote
+    if not legacy:
+        result |= {"recipe": spec.recipe, "dev_accuracy": 50.0, "test_accuracy": 60.0}
+        result |= {"trainable_parameters": 1, "total_parameters": 10, "train_seconds": 600.0}
+        result |= {"epochs": 30, "best_epoch": 9, "last_test_accuracy": 55.0}
+        result |= {"test_questions": 9673}
+    (folder / "result.json").write_text(json.dumps(result))
     return folder
 
 
@@ -59,3 +66,37 @@ def test_a_checkpoint_resumes_only_the_run_that_wrote_it(tmp_path):
     bf16 = RunSpec("mixphm", 32, 13, "tiny", max_epochs=1, mixed_precision="bf16")
     with pytest.raises(ValueError, match="mixed_precision='no', not mixed_precision='bf16'"):
         train(bf16, tiny_vlm, data, objective, tmp_path)
+
+
+def test_a_record_without_a_recipe_is_the_legacy_recipe_s_and_never_a_paper_run(tmp_path):
+    quick = RunSpec("mixphm", 64, 13, recipe="quick-v1")
+    paper_folder = benchmark.run_dir(tmp_path, RunSpec("mixphm", 64, 13))
+    assert paper_folder.parts[-5:-3] == ("paper-v1", "pretrained")
+    legacy = finish(quick, tmp_path, legacy=True)
+    assert benchmark.pending([quick], tmp_path) == []
+    paper = RunSpec("mixphm", 64, 13)
+    paper_folder.parent.mkdir(parents=True)
+    legacy.rename(paper_folder)  # moved by hand into a paper-recipe folder
+    with pytest.raises(ValueError, match="recipe='quick-v1', not recipe='paper-v1'"):
+        benchmark.pending([paper], tmp_path)
+
+
+def test_a_folder_of_one_recipe_refuses_runs_and_tables_of_another(tmp_path):
+    finish(RunSpec("mixphm", 64, 13, recipe="quick-v1"), tmp_path)
+    with pytest.raises(ValueError, match="holds runs made under the recipe quick-v1; runs under"):
+        benchmark.run_grid([RunSpec("mixphm", 64, 21)], tmp_path)
+    with pytest.raises(ValueError, match="holds runs made under the recipe quick-v1"):
+        benchmark.collect(tmp_path, "paper-v1")
+    finish(RunSpec("mixphm", 64, 13), tmp_path)
+    with pytest.raises(ValueError, match="runs of several recipes \\(paper-v1, quick-v1\\)"):
+        benchmark.collect(tmp_path)
+
+
+def test_the_remaining_estimate_comes_from_finished_runs(tmp_path):
+    finish(RunSpec("mixphm", 64, 13), tmp_path)  # 600 s of training
+    finished = benchmark.collect(tmp_path, "paper-v1")
+    left = [RunSpec("mixphm", 64, 21), RunSpec("full", 64, 13), RunSpec("mixphm", 128, 13)]
+    # same variant and k: 600 s; same k: 600 s; nearest k of the variant scaled: 1,200 s
+    assert benchmark.remaining_estimate(finished, left, workers=2) == (
+        "3 runs to go: about 0.3 h of training with 2 workers"
+    )

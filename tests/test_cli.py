@@ -81,6 +81,12 @@ def test_a_distributed_launch_of_the_offline_benchmark_is_refused(capsys, monkey
     assert "without torchrun or accelerate launch" in capsys.readouterr().err
 
 
+def test_a_test_sample_is_refused_under_the_paper_recipe(capsys, monkeypatch):
+    monkeypatch.setattr(cli, "load_easy_vqa", None)  # reaching the data would fail differently
+    assert cli.main(["train", "--method", "mixphm", "--k", "16", "--test-limit", "500"]) == 2
+    assert "paper-v1 recipe tests on the whole test split" in capsys.readouterr().err
+
+
 def test_k_larger_than_the_pool_is_reported_before_any_work(capsys):
     assert cli.main(["train", "--method", "mixphm", "--k", "30000"]) == 2
     error = capsys.readouterr().err
@@ -145,7 +151,7 @@ def test_summarize_only_rebuilds_the_table_from_finished_runs(tmp_path, capsys):
 
     for seed, accuracy, options in ((13, 50.0, {}), (21, 60.0, {}), (13, 70.0, {"dropout": 0.0})):
         variant = "mixphm+dropout=0.0" if options else "mixphm"
-        run = tmp_path / "runs" / "pretrained" / variant / "k16" / f"seed{seed}"
+        run = tmp_path / "runs" / "quick-v1" / "pretrained" / variant / "k16" / f"seed{seed}"
         run.mkdir(parents=True)
         record = {
             "method": "mixphm", "k": 16, "seed": seed, "backbone": "pretrained",
@@ -155,8 +161,13 @@ def test_summarize_only_rebuilds_the_table_from_finished_runs(tmp_path, capsys):
         }  # fmt: skip
         (run / "result.json").write_text(json.dumps(record))
     argv = ["benchmark", "--out", str(tmp_path), "--methods", "mixphm", "--summarize-only"]
-    assert cli.main(argv) == 0
+    assert cli.main(argv) == 2  # records without a recipe are quick-v1's, the default is paper-v1
+    assert "holds runs made under the recipe quick-v1" in capsys.readouterr().err
+    assert not (tmp_path / "summary.md").exists()
+    assert cli.main([*argv, "--recipe", "quick-v1"]) == 0
     summary = (tmp_path / "summary.md").read_text()
+    assert "Training recipe: quick-v1 (not the paper's recipe" in summary
+    assert "not comparable to the paper's" in capsys.readouterr().out
     assert "| mixphm | 1.000 | 55.0 ± 7.1 (2) |" in summary
     assert "| mixphm+dropout=0.0 | 1.000 | **70.0 ± 0.0 (1)** |" in summary
     with (tmp_path / "runs.csv").open() as f:

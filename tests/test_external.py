@@ -60,7 +60,9 @@ def test_vlt5_trains_from_the_command_line_and_beams_reach_generate(
     monkeypatch.setattr(VLT5, "generate", spy)
     argv = ["train", *vlt5_files, "--method", "mixphm", "--k", "4", "--max-epochs", "2"]
     assert cli.main([*argv, "--num-beams", "3", "--max-new-tokens", "2"]) == 0
-    result = json.loads((tmp_path / "out/runs/vlt5/mixphm/k4/seed13/result.json").read_text())
+    result = json.loads(
+        (tmp_path / "out/runs/paper-v1/vlt5/mixphm/k4/seed13/result.json").read_text()
+    )
     assert result["epochs"] == 2 and 0 <= result["test_accuracy"] <= 100
     assert seen and set(seen) == {3}
     assert "Test accuracy (%) on vqa-v2" in capsys.readouterr().out
@@ -94,7 +96,7 @@ def test_two_torchrun_ranks_train_one_run_and_rank_zero_writes_the_table(vlt5_fi
     argv = ["train", *vlt5_files, "--method", "mixphm", "--k", "4", "--max-epochs", "2"]
     done = torchrun_two_ranks("-m", "mixphm.cli", *argv)
     out = tmp_path / "out"
-    result = json.loads((out / "runs/vlt5/mixphm/k4/seed13/result.json").read_text())
+    result = json.loads((out / "runs/paper-v1/vlt5/mixphm/k4/seed13/result.json").read_text())
     assert result["epochs"] == 2
     assert len((out / "runs.csv").read_text().splitlines()) == 2  # the header and the run
     assert done.stdout.count("Test accuracy (%) on vqa-v2") == 1  # printed by rank 0 only

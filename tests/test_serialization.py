@@ -109,3 +109,15 @@ def test_a_pickle_in_place_of_the_weights_is_never_unpickled(tmp_path):
     torch.save({"rule.S": torch.zeros(2, 2, 2)}, tmp_path / WEIGHTS_FILE)
     with pytest.raises(ValueError, match="is not a readable safetensors file"):
         load_adapter(BUILDERS["t5"]().model, tmp_path)
+
+
+def test_an_adapter_saved_before_the_activation_field_loads_with_exact_gelu(tmp_path):
+    model, _ = trained_t5()
+    save_adapter(model, tmp_path)
+    meta = json.loads((tmp_path / CONFIG_FILE).read_text())
+    assert meta["config"].pop("activation") == "gelu_new"
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(meta))  # as files before the field read
+    torch.manual_seed(0)
+    fresh = BUILDERS["t5"]().model
+    load_adapter(fresh, tmp_path)
+    assert {adapter.approximate for _, adapter in mixphm_adapters(fresh)} == {"none"}

@@ -1,10 +1,12 @@
-"""The training recipe on a tiny backbone: every method trains, runs resume exactly,
-checkpoints are atomic, a diverging loss stops clearly."""
+"""The training loop on a tiny backbone: every method trains, the recipes' evaluation,
+selection and stopping rules hold, runs resume exactly, checkpoints are atomic, a
+diverging loss stops clearly."""
 
 import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from tiny_models import tiny_candidates, tiny_split, tiny_vlm
 
 import mixphm.training.checkpoint as checkpoint
@@ -12,14 +14,15 @@ import mixphm.training.objectives as objectives
 import mixphm.training.recipe as recipe
 from mixphm.training.methods import METHODS, apply_method, method_settings
 from mixphm.training.objectives import CandidateScoring
-from mixphm.training.recipe import RunSpec, TrainingDiverged, train
+from mixphm.training.recipe import RunSpec, TrainingDiverged, TrainState, train, update_selection
+from mixphm.training.recipes import PAPER, QUICK, get_recipe
 
 DATA = (tiny_split(32, seed=0), tiny_split(16, seed=1), tiny_split(40, seed=2))
 OBJECTIVE = CandidateScoring(tiny_candidates())
 
 
-def run(method, tmp_path, epochs=3, **kwargs):
-    spec = RunSpec(method, 32, 13, "tiny", max_epochs=epochs)
+def run(method, tmp_path, epochs=3, recipe=PAPER.name, **kwargs):
+    spec = RunSpec(method, 32, 13, "tiny", max_epochs=epochs, recipe=recipe)
     return train(spec, tiny_vlm, DATA, OBJECTIVE, tmp_path / method, **kwargs)
 
 
@@ -57,24 +60,30 @@ def test_the_regularizer_enters_the_mixphm_ra_loss(tmp_path):
     assert regularized != pytest.approx(plain, abs=1e-4)
 
 
-def test_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path, monkeypatch):
-    straight = run("mixphm", tmp_path / "a", epochs=4)
+@pytest.mark.parametrize(
+    ("name", "epochs", "saved_epoch"), [(PAPER.name, 35, 20), (QUICK.name, 4, 2)]
+)
+def test_resumed_run_ends_exactly_like_an_uninterrupted_one(
+    tmp_path, monkeypatch, name, epochs, saved_epoch
+):
+    straight = run("mixphm", tmp_path / "a", epochs, name)
     evaluations = {"count": 0}
     original = recipe.accuracy
 
     def interrupted(*args, **kwargs):
         evaluations["count"] += 1
-        if evaluations["count"] == 3:  # during the third epoch's dev evaluation
+        if evaluations["count"] == 3:  # during the third dev evaluation
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
     monkeypatch.setattr(recipe, "accuracy", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run("mixphm", tmp_path / "b", epochs=4)
+        run("mixphm", tmp_path / "b", epochs, name)
     monkeypatch.setattr(recipe, "accuracy", original)
-    assert checkpoint.load(tmp_path / "b" / "mixphm" / "checkpoint.pt")["state"]["epoch"] == 2
-    resumed = run("mixphm", tmp_path / "b", epochs=4)
-    for field in ("dev_accuracy", "test_accuracy", "epochs", "best_epoch"):
+    saved = checkpoint.load(tmp_path / "b" / "mixphm" / "checkpoint.pt")["state"]
+    assert saved["epoch"] == saved_epoch
+    resumed = run("mixphm", tmp_path / "b", epochs, name)
+    for field in ("dev_accuracy", "test_accuracy", "last_test_accuracy", "epochs", "best_epoch"):
         assert getattr(resumed, field) == getattr(straight, field), field
     a = checkpoint.load(tmp_path / "a" / "mixphm" / "checkpoint.pt")
     b = checkpoint.load(tmp_path / "b" / "mixphm" / "checkpoint.pt")
@@ -109,30 +118,153 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
 
     monkeypatch.setattr(objectives, "soft_cross_entropy", poisoned)
     with pytest.raises(TrainingDiverged, match=r"loss is nan in epoch 2; stopped\. The last good"):
-        run("pfeiffer", tmp_path, epochs=4)
+        run("pfeiffer", tmp_path, epochs=4, recipe=QUICK.name)
     saved = checkpoint.load(tmp_path / "pfeiffer" / "checkpoint.pt")
     assert saved["state"]["epoch"] == 2
     assert all(torch.isfinite(v).all() for v in saved["trainable"].values())
 
 
-def test_early_stopping_after_patience_evaluations(tmp_path, monkeypatch):
+def test_the_quick_recipe_evaluates_every_epoch_and_keeps_the_earliest_tie(tmp_path, monkeypatch):
     monkeypatch.setattr(recipe, "accuracy", lambda *args, **kwargs: 50.0)
-    patience = method_settings("pfeiffer").patience
-    result = run("pfeiffer", tmp_path, epochs=patience + 10)
-    assert result.epochs == patience + 1 and result.best_epoch == 0
+    result = run("pfeiffer", tmp_path, epochs=QUICK.patience + 10, recipe=QUICK.name)
+    assert result.epochs == QUICK.patience + 1 and result.best_epoch == 0
 
 
-def test_method_settings_follow_the_reference_script():
-    settings = method_settings("mixphm")
-    assert (settings.lr, settings.batch_size, settings.warmup, settings.grad_clip) == (
-        5e-3,
-        16,
+def score_dev_with(monkeypatch, scores):
+    """Dev evaluations return ``scores`` in turn (the last one repeated); returns the list
+    that fills with the epochs after which dev was scored."""
+    evaluated, sequence, last = [], iter(scores), [None]
+    select = recipe.update_selection
+
+    def spy(state, dev, epoch, training):
+        evaluated.append(epoch)
+        return select(state, dev, epoch, training)
+
+    def score(*args, **kwargs):
+        last[0] = next(sequence, last[0])
+        return last[0]
+
+    monkeypatch.setattr(recipe, "update_selection", spy)
+    monkeypatch.setattr(recipe, "accuracy", score)
+    return evaluated
+
+
+def test_the_paper_recipe_validates_every_10_epochs_and_after_the_last(tmp_path, monkeypatch):
+    evaluated = score_dev_with(monkeypatch, [50.0])
+    result = run("pfeiffer", tmp_path, epochs=25)
+    assert evaluated == [9, 19, 24] and result.epochs == 25
+    saved = checkpoint.load(tmp_path / "pfeiffer" / "checkpoint.pt")["state"]
+    assert saved["dev_history"] == [50.0] * 3 and len(saved["train_loss"]) == 25
+
+
+def test_the_paper_recipe_keeps_the_later_of_equal_dev_scores(tmp_path, monkeypatch):
+    score_dev_with(monkeypatch, [50.0])
+    result = run("pfeiffer", tmp_path, epochs=30)
+    assert result.best_epoch == 29
+    best = load_file(str(tmp_path / "pfeiffer" / recipe.BEST_FILE))
+    last = checkpoint.load(tmp_path / "pfeiffer" / "checkpoint.pt")["trainable"]
+    assert best.keys() == last.keys()
+    assert all(torch.equal(best[name], last[name]) for name in best)
+    assert result.last_test_accuracy == result.test_accuracy
+
+
+def test_the_paper_recipe_stops_after_20_validations_without_a_gain_above_the_delta(
+    tmp_path, monkeypatch
+):
+    # a gain of 0.009 points replaces the kept checkpoint (as its ties do) but is not an
+    # improvement above the 0.01 delta, so it does not reset the patience
+    evaluated = score_dev_with(monkeypatch, [50.0, 50.009])
+    result = run("pfeiffer", tmp_path, epochs=1000)
+    assert len(evaluated) == 1 + 20 and result.epochs == 210
+    assert result.best_epoch == 209 and result.dev_accuracy == 50.009
+
+
+def test_selection_and_patience_follow_each_recipe():
+    scores = [50.0, 50.005, 50.02, 50.02, 49.0]
+    expected = {
+        PAPER.name: ([True, True, True, True, False], [0, 1, 0, 1, 2], 3, 50.02),
+        QUICK.name: ([True, True, True, False, False], [0, 0, 0, 1, 2], 2, 50.02),
+    }
+    for name, (kept, stale, best_epoch, counted) in expected.items():
+        state, stales = TrainState(), []
+        decisions = []
+        for epoch, dev in enumerate(scores):
+            decisions.append(update_selection(state, dev, epoch, get_recipe(name)))
+            stales.append(state.stale)
+        assert (decisions, stales, state.best_epoch, state.counted_best) == (
+            kept,
+            stale,
+            best_epoch,
+            counted,
+        ), name
+
+
+def test_the_paper_recipe_has_every_item_of_the_reference_recipe():
+    assert (PAPER.max_epochs, PAPER.eval_every, PAPER.patience, PAPER.min_delta) == (
+        1000,
+        10,
+        20,
+        0.01,
+    )
+    assert (PAPER.adam_eps, PAPER.weight_decay, PAPER.warmup, PAPER.grad_clip) == (
+        1e-6,
+        0.01,
         0.05,
         5.0,
     )
-    assert settings.patience == 20
+    assert PAPER.ties_keep_later and PAPER.batch_size == 16 and PAPER.test_limit is None
+    assert PAPER.adapter_activation == "gelu_new"
+    assert (PAPER.patience_for("ok-vqa"), PAPER.patience_for("gqa")) == (10, None)
+    assert PAPER.patience_for("vqa-v2") == PAPER.patience_for("easy-vqa") == 20
+    assert method_settings("mixphm").lr == 5e-3 and method_settings("full").lr == 5e-5
     with pytest.raises(ValueError, match="unknown method 'prompt'"):
         method_settings("prompt")
+    with pytest.raises(ValueError, match="unknown recipe 'paper'; choose one of paper-v1"):
+        get_recipe("paper")
+
+
+@pytest.mark.parametrize(
+    ("name", "eps", "decay", "approximate"),
+    [(PAPER.name, 1e-6, 0.01, "tanh"), (QUICK.name, 1e-8, 0.0, "none")],
+)
+def test_the_recipe_sets_the_optimizer_and_the_adapter_activation(
+    tmp_path, name, eps, decay, approximate
+):
+    from mixphm.inject import mixphm_adapters
+
+    built = []
+
+    def build():
+        built.append(tiny_vlm())
+        return built[-1]
+
+    spec = RunSpec("mixphm", 32, 13, "tiny", max_epochs=1, recipe=name)
+    train(spec, build, DATA, OBJECTIVE, tmp_path)
+    groups = checkpoint.load(tmp_path / "checkpoint.pt")["optimizer"]["param_groups"]
+    # one group: every adapter-family tensor (biases and the rule S too) is decayed
+    assert [(g["eps"], g["weight_decay"]) for g in groups] == [(eps, decay)]
+    assert {adapter.approximate for _, adapter in mixphm_adapters(built[0])} == {approximate}
+
+
+def test_full_fine_tuning_decays_all_but_biases_and_layer_norm_weights():
+    from mixphm.optim import adamw
+
+    model = apply_method(tiny_vlm(), "full", 13)
+    decayed, exempt = (
+        {id(p) for p in group["params"]} for group in adamw(model, 1e-3).param_groups
+    )
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[i] for i in exempt} == {
+        n for n in names.values() if "bias" in n or "LayerNorm.weight" in n
+    }
+    assert len(decayed) + len(exempt) == len(names) and exempt
+    assert [g["weight_decay"] for g in adamw(model, 1e-3).param_groups] == [0.01, 0.0]
+
+
+def test_a_run_never_resumes_a_checkpoint_of_another_recipe(tmp_path):
+    run("pfeiffer", tmp_path, epochs=1, recipe=QUICK.name)
+    with pytest.raises(ValueError, match="recipe='quick-v1', not recipe='paper-v1'"):
+        run("pfeiffer", tmp_path, epochs=1, recipe=PAPER.name)
 
 
 def test_two_gloo_processes_match_a_single_process_with_the_same_global_batch(tmp_path):

@@ -14,7 +14,7 @@ MergedWeights = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 class MixPHMAdapter(nn.Module):
-    """h (..., d) → h_a (..., d) = up_e(dropout(gelu(down(h)))).
+    """h (..., d) → h_a (..., d) = up_e(dropout(f(down(h)))), f = GELU (``config.activation``).
 
     Training: the up-projection expert e is the router's choice for this layer and step.
     Evaluation: the experts merged by weight averaging. Under ``torch.no_grad`` the merged
@@ -44,6 +44,7 @@ class MixPHMAdapter(nn.Module):
         self.up = PHMProjection(bottleneck, d_model, config.num_experts, config.phm_dim, rank, rule)
         self.dropout = nn.Dropout(config.dropout)
         self.merge_mode = config.merge
+        self.approximate = "tanh" if config.activation == "gelu_new" else "none"
         self.router = router
         # this adapter's index into the router's choices, as a tensor: an int attribute would
         # make torch.compile specialise (and recompile) the forward for every adapter
@@ -58,7 +59,9 @@ class MixPHMAdapter(nn.Module):
         else:
             down_w, down_b, up_w, up_b = self.merged_weights()
         dtype = h.dtype
-        hidden = F.gelu(F.linear(h, down_w.to(dtype), down_b.to(dtype)))
+        hidden = F.gelu(
+            F.linear(h, down_w.to(dtype), down_b.to(dtype)), approximate=self.approximate
+        )
         return F.linear(self.dropout(hidden), up_w.to(dtype), up_b.to(dtype))
 
     def merged_weights(self) -> MergedWeights:

@@ -15,6 +15,7 @@ from typing import Any
 from mixphm.config import PRESETS
 from mixphm.data import K_VALUES, SEEDS, load_easy_vqa, sample_low_resource
 from mixphm.training.choices import BACKBONES, METHODS
+from mixphm.training.recipes import DEFAULT_RECIPE, RECIPES, get_recipe
 
 DEFAULT_METHODS = ["mixphm", "pfeiffer", "lora", "full"]
 
@@ -104,14 +105,25 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub = commands.add_parser(name, help=helptext)
         sub.add_argument("--dataset", choices=["easy-vqa", *EXTERNAL_DATASETS], default="easy-vqa")
-        sub.add_argument("--out", type=Path, default=Path("results/easy-vqa"))
         sub.add_argument(
-            "--test-limit", type=positive_int, default=2000, help="test questions (fixed sample)"
+            "--recipe",
+            choices=list(RECIPES),
+            default=DEFAULT_RECIPE,
+            help=f"training recipe (default {DEFAULT_RECIPE}, the paper's; quick-v1 is a short "
+            "one for quick runs); an output folder holds one recipe's runs",
+        )
+        sub.add_argument(
+            "--out", type=Path, help="output folder (default results/<dataset>-<recipe>)"
+        )
+        sub.add_argument(
+            "--test-limit",
+            type=positive_int,
+            help="test questions, a fixed sample (quick-v1 only; default 2000 there)",
         )
         sub.add_argument(
             "--full-test", action="store_true", help="evaluate on the whole test split"
         )
-        sub.add_argument("--max-epochs", type=positive_int, default=None)
+        sub.add_argument("--max-epochs", type=positive_int, help="override the recipe's cap")
         sub.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
         sub.add_argument(
             "--adapter-option",
@@ -265,6 +277,7 @@ def train_or_benchmark(args: argparse.Namespace, command: str) -> None:
             for b in args.backbones
         ]
     offline = args.dataset == "easy-vqa"
+    args.out = args.out or Path(f"results/{args.dataset}-{args.recipe}")
     for name in {b for b, _, _, _ in grid}:
         if (name in BACKBONES) != offline:
             raise ValueError(
@@ -274,14 +287,17 @@ def train_or_benchmark(args: argparse.Namespace, command: str) -> None:
             )
     options = tuple(args.adapter_option)
     specs = [
-        RunSpec(m, k, s, b, args.max_epochs, args.mixed_precision, options) for b, m, k, s in grid
+        RunSpec(
+            m, k, s, b, args.max_epochs, args.mixed_precision, options, args.recipe, args.dataset
+        )
+        for b, m, k, s in grid
     ]
     for spec in specs:  # bad adapter options fail here, before any data or model is built
         adapter_config(spec.method, spec.seed, dict(spec.adapter_options))
     label = "easy-VQA" if offline else args.dataset
     results: list[Any] | None
     if getattr(args, "summarize_only", False):
-        results = benchmark.collect(args.out)
+        results = benchmark.collect(args.out, args.recipe)
     elif offline:
         results = run_offline(args, specs)
     else:
@@ -292,6 +308,11 @@ def train_or_benchmark(args: argparse.Namespace, command: str) -> None:
     for name in sorted({spec.backbone for spec in specs}):
         benchmark.plot(results, args.out, name, dataset=label)
     print(summary.read_text())
+    if args.recipe != DEFAULT_RECIPE:
+        print(
+            f"note: trained under the {args.recipe} recipe, not the paper's ({DEFAULT_RECIPE}); "
+            "its numbers are not comparable to the paper's"
+        )
     if any(s not in SEEDS for _, _, _, s in grid):
         print(f"note: the paper's seeds are {SEEDS}")
     if any(k not in K_VALUES for _, _, k, _ in grid):
@@ -306,15 +327,29 @@ def run_offline(args: argparse.Namespace, specs: list[Any]) -> list[Any]:
             "the offline backbones train in worker processes of their own (--workers); run "
             "mixphm without torchrun or accelerate launch, which are for vlt5 and hf:<model>"
         )
-    test_limit = None if args.full_test else args.test_limit
+    test_limit = test_questions(args)
     pool = load_easy_vqa("train")
     for spec in specs:  # bad k fails here, before any model or feature is built
         sample_low_resource(pool, spec.k, spec.seed)
     if args.command == "benchmark" and args.zero_shot:
         for name in args.backbones:
-            benchmark.zero_shot(name, args.out, test_limit)
+            benchmark.zero_shot(name, args.out, test_limit, args.recipe)
     workers = args.workers if args.command == "benchmark" else 1
     return benchmark.run_grid(specs, args.out, test_limit, workers)
+
+
+def test_questions(args: argparse.Namespace) -> int | None:
+    """The size of the offline test sample (None: the whole split): the recipe's, unless
+    ``--full-test`` or ``--test-limit`` (the short recipe only) says otherwise."""
+    recipe = get_recipe(args.recipe)
+    if args.test_limit is not None and recipe.test_limit is None:
+        raise ValueError(
+            f"the {recipe.name} recipe tests on the whole test split, as the protocol says; "
+            "--test-limit is for the quick-v1 recipe"
+        )
+    if args.full_test:
+        return None
+    return args.test_limit or recipe.test_limit
 
 
 def run_files(args: argparse.Namespace, specs: list[Any]) -> list[Any] | None:

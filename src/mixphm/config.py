@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 MergeMode = Literal["factors", "products"]
+Activation = Literal["gelu_new", "gelu"]
+"""The adapter nonlinearity: GELU's tanh approximation (the reference code's) or exact GELU."""
 
 PRESETS = ("mixphm", "compacter", "adamix", "pfeiffer", "houlsby")
 
@@ -33,7 +35,7 @@ def has_type(value: Any, hint: Any) -> bool:
 class MixPHMConfig:
     """One adapter after every feed-forward block (and, optionally, every attention block).
 
-    Each adapter maps the sub-layer output h (..., d) to h + up(dropout(gelu(down(h)))):
+    Each adapter maps the sub-layer output h (..., d) to h + up(dropout(f(down(h)))):
     a shared down-projection d → d / reduction_factor and ``num_experts`` up-projections
     back to d. Every projection is a PHM weight W = Σ_i S_i ⊗ (T_i U_i) with the rule
     tensor S shared by the whole model; ``phm_dim=1`` gives plain dense projections.
@@ -51,6 +53,9 @@ class MixPHMConfig:
     """d_k, the rank of each block T_i U_i; None learns full-rank blocks B_i."""
     dropout: float = 0.5
     """Dropout on the bottleneck activations (the reference code's value)."""
+    activation: Activation = "gelu_new"
+    """The bottleneck nonlinearity: ``gelu_new`` (tanh approximation, the reference code's)
+    or exact ``gelu`` (what adapters saved before this field existed were trained with)."""
     merge: MergeMode = "factors"
     """How experts merge for inference: average the factors (reference) or the products."""
     attention_adapters: bool = False
@@ -118,6 +123,9 @@ class MixPHMConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> MixPHMConfig:
+        """The config ``to_dict`` wrote; files older than the ``activation`` field were
+        trained with exact GELU and load with it."""
+        values = {"activation": "gelu", **values}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mixphm.phm import PHMProjection
+from mixphm.phm import PHMProjection, PHMRule
 
 
 class ExpertAdamW(torch.optim.Optimizer):
@@ -180,11 +180,45 @@ def routed_parameters(model: nn.Module) -> dict[Tensor, PHMProjection]:
     }
 
 
-def adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+NO_DECAY_NAME_PARTS = ("bias", "LayerNorm.weight")
+"""The reference trainer's rule: no weight decay for parameters whose name contains these."""
+
+
+def decays(model: nn.Module) -> dict[Tensor, bool]:
+    """Whether each trainable parameter of ``model`` is weight-decayed, by the reference
+    trainer's rule: every parameter whose name contains neither "bias" nor
+    "LayerNorm.weight". The adapter family's tensors are all decayed: the reference's PHM
+    biases are named without "bias", so its rule decays every MixPHM tensor, S included."""
+    adapter_owned = {
+        id(param)
+        for module in model.modules()
+        if isinstance(module, PHMProjection | PHMRule)
+        for param in module.parameters(recurse=False)
+    }
+    return {
+        param: id(param) in adapter_owned or not any(part in name for part in NO_DECAY_NAME_PARTS)
+        for name, param in model.named_parameters()
+        if param.requires_grad
+    }
+
+
+def adamw(
+    model: nn.Module, lr: float, weight_decay: float = 0.01, eps: float = 1e-6
+) -> torch.optim.Optimizer:
     """The optimizer for ``model``'s trainable parameters: ``ExpertAdamW`` when it has
-    routed experts, else torch's AdamW."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    routed experts, else torch's AdamW. Defaults are the reference recipe's; with
+    ``weight_decay`` the parameters ``decays`` exempts form a second group without it."""
+    decayed = decays(model)
+    groups = [
+        {"params": [p for p, decay in decayed.items() if decay], "weight_decay": weight_decay},
+        {"params": [p for p, decay in decayed.items() if not decay], "weight_decay": 0.0},
+    ]
+    params: list[dict[str, Any]] = (
+        [group for group in groups if group["params"]]
+        if weight_decay
+        else [{"params": list(decayed), "weight_decay": 0.0}]
+    )
     experts = routed_parameters(model)
     if experts:
-        return ExpertAdamW(params, experts, lr=lr, weight_decay=weight_decay)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return ExpertAdamW(params, experts, lr=lr, eps=eps)
+    return torch.optim.AdamW(params, lr=lr, eps=eps)

@@ -1,10 +1,12 @@
 """Grids of runs (methods × k × seeds), resumable, and their tables and plots.
 
-Each run lives in ``<out>/runs/<backbone>/<variant>/k<k>/seed<seed>/`` (the variant is the
-method with any adapter options, ``RunSpec.variant``); a finished run has a ``result.json``
-and is skipped next time, an unfinished one resumes from its checkpoint. Either refuses a
-spec whose other settings (epoch cap, precision) differ from the ones it was made with.
-``runs.csv`` and ``summary.md`` are rebuilt from all finished runs after every grid.
+Each run lives in ``<out>/runs/<recipe>/<backbone>/<variant>/k<k>/seed<seed>/`` (the variant
+is the method with any adapter options, ``RunSpec.variant``); a finished run has a
+``result.json`` and is skipped next time, an unfinished one resumes from its checkpoint.
+Either refuses a spec whose other settings (recipe, epoch cap, precision) differ from the
+ones it was made with. An output folder holds the runs of one recipe only, so its
+``runs.csv``, ``summary.md`` and plots, rebuilt from all its finished runs after every
+grid, never mix recipes.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, fields
@@ -30,6 +33,7 @@ from mixphm.training.recipe import (
     write_json_atomic,
     write_predictions,
 )
+from mixphm.training.recipes import LEGACY_RECIPE
 from mixphm.training.setup import OfflineSetup, backbone_factory
 from mixphm.training.workers import map_in_workers
 
@@ -43,7 +47,28 @@ def folder_name(backbone: str) -> str:
 
 def run_dir(out: Path, spec: RunSpec) -> Path:
     backbone = folder_name(spec.backbone)
-    return out / "runs" / backbone / spec.variant / f"k{spec.k}" / f"seed{spec.seed}"
+    runs = out / "runs" / spec.recipe / backbone
+    return runs / spec.variant / f"k{spec.k}" / f"seed{spec.seed}"
+
+
+def recipes_in(out: Path) -> set[str]:
+    """The recipes of the finished runs under ``out``."""
+    return {
+        json.loads(path.read_text()).get("recipe", LEGACY_RECIPE)
+        for path in (out / "runs").glob("**/result.json")
+    }
+
+
+def check_one_recipe(out: Path, recipe: str) -> None:
+    """Raise ValueError if ``out`` holds finished runs of another recipe than ``recipe``: a
+    table mixing recipes would compare training budgets, not methods."""
+    others = sorted(recipes_in(out) - {recipe})
+    if others:
+        raise ValueError(
+            f"{out} holds runs made under the recipe {', '.join(others)}; runs under {recipe} "
+            "cannot share its table: use another --out (or --recipe "
+            f"{others[0]} to add to or summarize those runs)"
+        )
 
 
 def _worker_init(test_limit: int | None, threads: int) -> None:
@@ -62,12 +87,13 @@ def _run_one(out: Path, spec: RunSpec) -> RunResult:
     return result
 
 
-def zero_shot(backbone: str, out: Path, test_limit: int | None) -> RunResult:
-    """Accuracy of the backbone as it is (k = 0): answers by scoring alone."""
-    spec = RunSpec("zero-shot", 0, 0, backbone)
+def zero_shot(backbone: str, out: Path, test_limit: int | None, recipe: str) -> RunResult:
+    """Accuracy of the backbone as it is (k = 0): answers by scoring alone, on the test
+    split of ``recipe``'s runs (whose table it joins)."""
+    spec = RunSpec("zero-shot", 0, 0, backbone, recipe=recipe)
     path = run_dir(out, spec) / "result.json"
     if path.is_file():
-        return RunResult(**json.loads(path.read_text()))
+        return RunResult.from_record(json.loads(path.read_text()))
     setup = _setup or OfflineSetup.build(test_limit=test_limit)
     model = backbone_factory(backbone)()
     total = sum(p.numel() for p in model.parameters())
@@ -75,8 +101,9 @@ def zero_shot(backbone: str, out: Path, test_limit: int | None) -> RunResult:
     test_accuracy = prediction_accuracy(setup.test, predicted)
     write_predictions(setup.test, predicted, path.parent)
     result = RunResult(
-        "zero-shot", 0, 0, backbone, float("nan"), test_accuracy, 0, total, 0.0, 0, -1
-    )
+        "zero-shot", 0, 0, backbone, float("nan"), test_accuracy, 0, total, 0.0, 0, -1,
+        recipe, test_accuracy, len(setup.test),
+    )  # fmt: skip
     write_json_atomic(asdict(result), path)
     return result
 
@@ -106,7 +133,10 @@ def report(result: RunResult) -> None:
 def run_grid(
     specs: Sequence[RunSpec], out: Path, test_limit: int | None = 2000, workers: int = 1
 ) -> list[RunResult]:
-    """Train every spec without a result yet; ``workers`` processes share the cores."""
+    """Train every spec without a result yet (all under one recipe); ``workers`` processes
+    share the cores. After each finished run, prints an estimate of the time left."""
+    recipe = one_recipe(specs)
+    check_one_recipe(out, recipe)
     todo = pending(specs, out)
     for backbone in sorted({s.backbone for s in todo}):
         backbone_factory(backbone)  # build shared artefacts once, before the workers start
@@ -114,16 +144,67 @@ def run_grid(
         threads = max(1, torch.get_num_threads() // workers)
         setup = (test_limit, threads)
         processes = min(workers, len(todo))
+        left, started = list(todo), time.monotonic()
         for result in map_in_workers(partial(_run_one, out), todo, processes, _worker_init, setup):
             report(result)
-    return collect(out)
+            left = [s for s in left if (s.variant, s.k, s.seed, s.backbone) != result_key(result)]
+            finished = len(todo) - len(left)
+            print(remaining_estimate(collect(out, recipe), left, processes))
+            print(f"  ({finished} finished in {(time.monotonic() - started) / 3600:.1f} h)")
+    return collect(out, recipe)
 
 
-def collect(out: Path) -> list[RunResult]:
-    """Every finished run under ``out``; rewrites ``runs.csv`` from them (adapter options as
-    JSON)."""
+def one_recipe(specs: Sequence[RunSpec]) -> str:
+    recipes = sorted({spec.recipe for spec in specs})
+    if len(recipes) != 1:
+        raise ValueError(f"a grid runs under one recipe, not {', '.join(recipes)}")
+    return recipes[0]
+
+
+def result_key(result: RunResult) -> tuple[str, int, int, str]:
+    return result.variant, result.k, result.seed, result.backbone
+
+
+def remaining_estimate(finished: Sequence[RunResult], left: Sequence[RunSpec], workers: int) -> str:
+    """The training time ``left`` needs, from the finished runs' train seconds: the mean of
+    the same variant and k, else of any variant at that k, else the variant's nearest k
+    scaled by k (dev and test evaluations come on top)."""
+    seconds: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for r in finished:
+        if r.method != "zero-shot":
+            seconds[(r.variant, r.k)].append(r.train_seconds)
+    if not left:
+        return "grid finished"
+    if not seconds:
+        return f"{len(left)} runs to go (no finished run to estimate from yet)"
+
+    def estimate(spec: RunSpec) -> float:
+        same = seconds.get((spec.variant, spec.k))
+        if same:
+            return statistics.fmean(same)
+        at_k = [t for (_, k), times in seconds.items() if k == spec.k for t in times]
+        if at_k:
+            return statistics.fmean(at_k)
+        variant, k = min(seconds, key=lambda key: (key[0] != spec.variant, abs(key[1] - spec.k)))
+        return statistics.fmean(seconds[(variant, k)]) * spec.k / k
+
+    hours = sum(estimate(spec) for spec in left) / workers / 3600
+    return f"{len(left)} runs to go: about {hours:.1f} h of training with {workers} workers"
+
+
+def collect(out: Path, recipe: str | None = None) -> list[RunResult]:
+    """Every finished run under ``out`` (which must all be ``recipe``'s, when given);
+    rewrites ``runs.csv`` from them (adapter options as JSON)."""
+    found = recipes_in(out)
+    if recipe is not None:
+        check_one_recipe(out, recipe)
+    elif len(found) > 1:
+        raise ValueError(
+            f"{out} holds runs of several recipes ({', '.join(sorted(found))}); one table "
+            "must not mix them: move each recipe's runs to an output folder of its own"
+        )
     results = [
-        RunResult(**json.loads(p.read_text()))
+        RunResult.from_record(json.loads(p.read_text()))
         for p in sorted((out / "runs").glob("**/result.json"))
     ]
     names = [f.name for f in fields(RunResult)]
@@ -133,6 +214,19 @@ def collect(out: Path) -> list[RunResult]:
         for r in sorted(results, key=lambda r: (r.backbone, r.variant, r.k, r.seed)):
             writer.writerow({**asdict(r), "adapter_options": json.dumps(r.adapter_options)})
     return results
+
+
+def recipe_note(recipes: Sequence[str]) -> str:
+    if recipes == ["paper-v1"]:
+        return "the MixPHM reference recipe, mixphm/training/recipes.py"
+    return "not the paper's recipe: a short one for quick runs, mixphm/training/recipes.py"
+
+
+def test_note(results: Sequence[RunResult]) -> str:
+    sizes = sorted({r.test_questions for r in results if r.test_questions is not None})
+    if not sizes:
+        return "test questions not recorded"
+    return " / ".join(f"{n:,}" for n in sizes) + " test questions"
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -172,10 +266,12 @@ def write_summary(
     results: list[RunResult], out: Path, command: str, dataset: str = "easy-VQA"
 ) -> Path:
     backbones = sorted({r.backbone for r in results})
+    recipes = sorted({r.recipe for r in results})
     parts = [
         f"Produced by `{command}` (finished runs already in the folder are included).",
-        f"Test accuracy (%) on {dataset}, mean ± std over seeds (number of seeds in brackets);",
-        "the best mean per column is bold.",
+        f"Training recipe: {', '.join(recipes)} ({recipe_note(recipes)}).",
+        f"Test accuracy (%) on {dataset} ({test_note(results)}), best-dev checkpoint, mean ± "
+        "std over seeds (number of seeds in brackets); the best mean per column is bold.",
     ]
     for backbone in backbones:
         parts += ["", f"### Backbone: {backbone}", "", summary_table(results, backbone)]

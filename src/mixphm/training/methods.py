@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from mixphm.config import MixPHMConfig
+from mixphm.config import Activation, MixPHMConfig
 from mixphm.inject import add_mixphm
 from mixphm.regularization import RedundancyConfig
 from mixphm.training.choices import ADAPTER_METHODS as ADAPTER_METHODS
@@ -38,15 +38,11 @@ IA3_TARGETS = (
 
 @dataclass(frozen=True)
 class MethodSettings:
-    """Hyperparameters of one method, read from ``configs/methods.toml``."""
+    """What one method sets itself, read from ``configs/methods.toml``: its learning rate and
+    its own extras (LoRA's rank, the regularizer's weights). The rest of how a run trains
+    is the recipe's (``mixphm.training.recipes``), shared by every method."""
 
     lr: float
-    batch_size: int
-    max_epochs: int
-    patience: int
-    warmup: float
-    grad_clip: float
-    weight_decay: float
     extra: dict[str, Any]
 
 
@@ -55,12 +51,8 @@ def method_settings(method: str) -> MethodSettings:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     text = resources.files("mixphm.configs").joinpath("methods.toml").read_text()
     table = tomllib.loads(text)
-    merged = {**table["defaults"], **table.get(method, {})}
-    names = ("lr", "batch_size", "max_epochs", "patience", "warmup", "grad_clip", "weight_decay")
-    return MethodSettings(
-        **{n: merged.pop(n) for n in names},  # type: ignore[arg-type]
-        extra=merged,
-    )
+    own = dict(table[method])
+    return MethodSettings(lr=own.pop("lr"), extra=own)
 
 
 def regularizer_config(method: str) -> RedundancyConfig | None:
@@ -72,27 +64,38 @@ def regularizer_config(method: str) -> RedundancyConfig | None:
 
 
 def adapter_config(
-    method: str, seed: int, adapter_options: Mapping[str, Any] | None = None
+    method: str,
+    seed: int,
+    adapter_options: Mapping[str, Any] | None = None,
+    activation: Activation = "gelu_new",
 ) -> MixPHMConfig | None:
-    """The adapters a MixPHM-family method adds (None for the other methods), with
-    ``adapter_options`` overriding fields of its preset (ablations). Raises ValueError for
-    options the method cannot take; cheap, so callers check before any work."""
+    """The adapters a MixPHM-family method adds (None for the other methods): its preset
+    with the recipe's ``activation``, and ``adapter_options`` overriding fields of both
+    (ablations). Raises ValueError for options the method cannot take; cheap, so callers
+    check before any work."""
     options = dict(adapter_options or {})
     if method not in (*ADAPTER_METHODS, "mixphm-ra"):
         if options:
             raise ValueError(f"adapter options apply to the MixPHM family only, not to {method}")
         return None
     preset = "mixphm" if method == "mixphm-ra" else method
-    return MixPHMConfig.preset(preset, **{"routing_seed": seed, **options})
+    return MixPHMConfig.preset(
+        preset, **{"routing_seed": seed, "activation": activation, **options}
+    )
 
 
 def apply_method(
-    model: nn.Module, method: str, seed: int, adapter_options: Mapping[str, Any] | None = None
+    model: nn.Module,
+    method: str,
+    seed: int,
+    adapter_options: Mapping[str, Any] | None = None,
+    activation: Activation = "gelu_new",
 ) -> nn.Module:
     """Make exactly the method's parameters trainable (adding them where needed).
-    ``adapter_options`` override fields of the MixPHM-family preset (ablations)."""
+    ``activation`` is the recipe's adapter nonlinearity; ``adapter_options`` override
+    fields of the MixPHM-family preset (ablations)."""
     settings = method_settings(method)
-    adapters = adapter_config(method, seed, adapter_options)
+    adapters = adapter_config(method, seed, adapter_options, activation)
     if adapters is not None:
         return add_mixphm(model, adapters)
     if method == "full":

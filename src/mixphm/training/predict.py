@@ -16,6 +16,7 @@ from mixphm.backbones.text import encode_candidates, encode_prompts
 from mixphm.backbones.vision import GridFeatureExtractor
 from mixphm.training.methods import apply_method
 from mixphm.training.recipe import BEST_FILE
+from mixphm.training.recipes import LEGACY_RECIPE, get_recipe
 from mixphm.training.setup import backbone_factory
 
 
@@ -33,8 +34,9 @@ def load_run(run_dir: Path) -> tuple[Any, list[str], dict[str, Any]]:
     result = json.loads((run_dir / "result.json").read_text())
     answers = json.loads((run_dir / "answers.json").read_text())
     options = result.get("adapter_options", {})
+    activation = get_recipe(result.get("recipe", LEGACY_RECIPE)).adapter_activation
     backbone = backbone_factory(result["backbone"])()
-    model = apply_method(backbone, result["method"], result["seed"], options)
+    model = apply_method(backbone, result["method"], result["seed"], options, activation)
     model.load_state_dict(load_file(str(run_dir / BEST_FILE)), strict=False)
     return model.eval(), answers, result
 

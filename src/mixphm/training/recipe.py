@@ -1,15 +1,16 @@
-"""The training recipe: one method, one k, one seed, on any backbone an ``Objective`` drives
-(the offline default scores candidate answers; VL-T5 and Hugging Face VLMs generate them).
+"""The training loop: one method, one k, one seed, under one named recipe
+(``mixphm.training.recipes``), on any backbone an ``Objective`` drives (the offline default
+scores candidate answers; VL-T5 and Hugging Face VLMs generate them).
 
 An explicit loop (accelerate for the device, mixed precision and DDP): AdamW (per-expert
 state for routed experts, ``mixphm.optim``), linear warm-up then decay, gradient clipping,
 the objective's soft-score-weighted answer loss plus the redundancy regularizer when the
-method has it, a dev evaluation after every epoch with early stopping, and the best-dev
-weights evaluated on the test split.
+method has it, dev evaluations at the recipe's interval with its selection and early
+stopping rules, and both the best-dev and the last weights evaluated on the test split.
 
 Interrupted runs resume from ``<run_dir>/checkpoint.pt`` (written atomically after every
-epoch) and end exactly as an uninterrupted run: the data order of epoch e depends only on
-(seed, e), and the RNG, optimizer, schedule and routing states are restored.
+dev evaluation) and end exactly as an uninterrupted run: the data order of epoch e depends
+only on (seed, e), and the RNG, optimizer, schedule and routing states are restored.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from mixphm.schedule import linear_warmup_decay
 from mixphm.training import checkpoint
 from mixphm.training.methods import apply_method, method_settings, regularizer_config
 from mixphm.training.objectives import Objective, Split
+from mixphm.training.recipes import DEFAULT_RECIPE, LEGACY_RECIPE, Recipe, get_recipe
 
 BEST_FILE = "best.safetensors"
 """The best-dev trainable weights of a finished run (what ``mixphm predict`` loads)."""
@@ -55,15 +57,23 @@ class RunSpec:
     seed: int
     backbone: str = "pretrained"
     max_epochs: int | None = None
-    """Overrides the method's configured cap (tests and quick runs)."""
+    """Overrides the recipe's epoch cap (tests and quick runs)."""
     mixed_precision: str = "no"
     """accelerate's mixed precision: "no", "bf16" or "fp16"."""
     adapter_options: tuple[tuple[str, Any], ...] = ()
     """MixPHMConfig fields overriding the method's preset (ablations), as (name, value)."""
+    recipe: str = DEFAULT_RECIPE
+    """The name of the training recipe (``mixphm.training.recipes``)."""
+    dataset: str = "easy-vqa"
+    """Chooses the recipe's patience (OK-VQA and GQA have their own)."""
 
     @property
     def variant(self) -> str:
         return variant_name(self.method, dict(self.adapter_options))
+
+    @property
+    def training(self) -> Recipe:
+        return get_recipe(self.recipe)
 
 
 def variant_name(method: str, adapter_options: dict[str, Any]) -> str:
@@ -91,11 +101,32 @@ def run_label(result: dict[str, Any]) -> str:
 class TrainState:
     epoch: int = 0
     best_dev: float = -1.0
+    """The dev accuracy of the kept (best) checkpoint."""
     best_epoch: int = -1
+    counted_best: float = -1.0
+    """The best dev accuracy that reset the patience (improved by more than the recipe's
+    delta); with a delta of 0 and ``>`` selection it is ``best_dev``."""
     stale: int = 0
+    """Dev evaluations since ``counted_best`` last improved."""
     dev_history: list[float] = field(default_factory=list)
+    """Dev accuracy of every evaluation, in order."""
     train_loss: list[float] = field(default_factory=list)
     """Mean training loss of every epoch."""
+
+
+def update_selection(state: TrainState, dev: float, epoch: int, recipe: Recipe) -> bool:
+    """Record one dev evaluation after ``epoch``: whether its weights become the kept
+    checkpoint (``>=`` or ``>`` the best, by the recipe), and the patience count (reset
+    only by an improvement above the recipe's delta over the best that last reset it)."""
+    state.dev_history.append(dev)
+    keep = dev >= state.best_dev if recipe.ties_keep_later else dev > state.best_dev
+    if keep:
+        state.best_dev, state.best_epoch = dev, epoch
+    if dev > state.counted_best + recipe.min_delta:
+        state.counted_best, state.stale = dev, 0
+    else:
+        state.stale += 1
+    return keep
 
 
 @dataclass(frozen=True)
@@ -106,19 +137,33 @@ class RunResult:
     backbone: str
     dev_accuracy: float
     test_accuracy: float
+    """Test accuracy of the best-dev checkpoint (what tables report)."""
     trainable_parameters: int
     total_parameters: int
     train_seconds: float
     epochs: int
     best_epoch: int
+    recipe: str
+    last_test_accuracy: float | None
+    """Test accuracy of the last checkpoint (None for runs made before it was recorded)."""
+    test_questions: int | None
+    """Size of the test split scored (None for runs made before it was recorded)."""
     adapter_options: dict[str, Any] = field(default_factory=dict)
     max_epochs: int | None = None
-    """The spec's override of the method's epoch cap (None: the configured cap)."""
+    """The spec's override of the recipe's epoch cap (None: the recipe's cap)."""
     mixed_precision: str = "no"
+    dataset: str = "easy-vqa"
 
     @property
     def variant(self) -> str:
         return variant_name(self.method, self.adapter_options)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> RunResult:
+        """A ``result.json``'s record; records older than the recipe field were made under
+        the legacy recipe and lack the last checkpoint's score."""
+        legacy = {"recipe": LEGACY_RECIPE, "last_test_accuracy": None, "test_questions": None}
+        return cls(**{**legacy, **record})
 
 
 def accuracy(objective: Objective, model: Any, split: Split, keep_inputs: bool = False) -> float:
@@ -144,7 +189,10 @@ def check_same_run(spec: RunSpec, recorded: dict[str, Any], source: Path) -> Non
     """Raise ValueError unless ``recorded`` (the settings in a checkpoint or result.json of
     ``spec``'s folder) are ``spec``'s; settings older files lack take their defaults."""
     wanted = run_settings(spec)
-    defaults = run_settings(RunSpec(spec.method, spec.k, spec.seed, spec.backbone))
+    defaults = {
+        **run_settings(RunSpec(spec.method, spec.k, spec.seed, spec.backbone)),
+        "recipe": LEGACY_RECIPE,
+    }
     found = {name: recorded.get(name, defaults[name]) for name in wanted}
     differing = [name for name in wanted if found[name] != wanted[name]]
     if differing:
@@ -185,21 +233,24 @@ def train(
     if saved is not None:
         check_same_run(spec, saved.get("settings", {}), path)
     train_split, dev_split, test_split = data
-    settings = method_settings(spec.method)
-    max_epochs = spec.max_epochs or settings.max_epochs
+    recipe, settings = spec.training, method_settings(spec.method)
+    max_epochs = spec.max_epochs or recipe.max_epochs
+    patience = recipe.patience_for(spec.dataset)
     accelerator = accelerator or make_accelerator(spec.mixed_precision)
     torch.manual_seed(spec.seed)
     options = dict(spec.adapter_options)
-    model: Any = apply_method(build_backbone(), spec.method, spec.seed, options)
+    model: Any = apply_method(
+        build_backbone(), spec.method, spec.seed, options, recipe.adapter_activation
+    )
     no_regularizer = RedundancyConfig(alpha=0.0, beta=0.0)
     regularizer = RedundancyRegularizer(model, regularizer_config(spec.method) or no_regularizer)
     trainable, total = parameter_counts(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = adamw(model, lr=settings.lr, weight_decay=settings.weight_decay)
-    steps_per_epoch = math.ceil(len(train_split) / settings.batch_size)
+    optimizer = adamw(model, settings.lr, recipe.weight_decay, recipe.adam_eps)
+    steps_per_epoch = math.ceil(len(train_split) / recipe.batch_size)
     total_steps = max_epochs * steps_per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: linear_warmup_decay(step, total_steps, settings.warmup)
+        optimizer, lambda step: linear_warmup_decay(step, total_steps, recipe.warmup)
     )
     wrapped, optimizer = accelerator.prepare(model, optimizer)
     device = accelerator.device
@@ -212,11 +263,17 @@ def train(
         torch.set_rng_state(saved["rng"])
         if "cuda_rng" in saved:
             torch.cuda.set_rng_state_all(saved["cuda_rng"])
-        state, best, elapsed = TrainState(**saved["state"]), saved["best"], saved["elapsed"]
+        # checkpoints older than counted_best were written under ">" selection without a
+        # delta, where the two bests are one
+        recorded = {"counted_best": saved["state"]["best_dev"], **saved["state"]}
+        state, best, elapsed = TrainState(**recorded), saved["best"], saved["elapsed"]
         if "routing" in saved:
             adapter_router(model).load_state_dict(saved["routing"])
 
-    stopped_early = state.stale >= settings.patience  # a run that crashed after stopping
+    def out_of_patience() -> bool:
+        return patience is not None and state.stale >= patience
+
+    stopped_early = out_of_patience()  # a run that crashed after stopping
     progress = tqdm(
         range(state.epoch, state.epoch if stopped_early else max_epochs),
         desc=f"{spec.method} k={spec.k} seed={spec.seed}",
@@ -231,8 +288,8 @@ def train(
         )
         wrapped.train()
         epoch_loss = torch.zeros((), device=device)
-        for start in range(0, len(order), settings.batch_size):
-            rows = order[start : start + settings.batch_size][
+        for start in range(0, len(order), recipe.batch_size):
+            rows = order[start : start + recipe.batch_size][
                 accelerator.process_index :: accelerator.num_processes
             ]
             with regularizer.recording():
@@ -240,26 +297,29 @@ def train(
             extra, _ = regularizer.loss(masks)
             loss = answer_loss + extra
             if not torch.isfinite(loss):
+                kept = (
+                    f"The last good checkpoint is {path}"
+                    if path.is_file()
+                    else "No checkpoint was written yet (one is written at each dev evaluation)"
+                )
                 raise TrainingDiverged(
                     f"{spec.method} k={spec.k} seed={spec.seed}: loss is {loss.item()} in epoch "
-                    f"{epoch}; stopped. The last good checkpoint is {path}"
+                    f"{epoch}; stopped. {kept}"
                 )
             accelerator.backward(loss)
-            accelerator.clip_grad_norm_(params, settings.grad_clip)
+            accelerator.clip_grad_norm_(params, recipe.grad_clip)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad()
             epoch_loss += loss.detach()
         state.train_loss.append(epoch_loss.item() / steps_per_epoch)
         elapsed += time.perf_counter() - started
-        dev = accuracy(objective, model, dev_split, keep_inputs=True)
-        state.dev_history.append(dev)
-        if dev > state.best_dev:
-            state.best_dev, state.best_epoch, state.stale = dev, epoch, 0
-            best = trainable_state(model)
-        else:
-            state.stale += 1
         state.epoch = epoch + 1
+        if not recipe.evaluates_after(epoch, max_epochs):
+            continue
+        dev = accuracy(objective, model, dev_split, keep_inputs=True)
+        if update_selection(state, dev, epoch, recipe):
+            best = trainable_state(model)
         progress.set_postfix(dev=f"{dev:.1f}", best=f"{state.best_dev:.1f}")
         if accelerator.is_main_process:
             saved_state: dict[str, Any] = {
@@ -277,11 +337,13 @@ def train(
             if any(True for _ in mixphm_adapters(model)):
                 saved_state["routing"] = adapter_router(model).state_dict()
             checkpoint.save_atomic(saved_state, path)
-        if state.stale >= settings.patience:
+        if out_of_patience():
             break
 
+    last_predictions = objective.predict(model, test_split)
+    last_is_best = state.best_epoch == state.epoch - 1
     model.load_state_dict(best, strict=False)
-    test_predictions = objective.predict(model, test_split)
+    test_predictions = last_predictions if last_is_best else objective.predict(model, test_split)
     result = RunResult(
         method=spec.method,
         k=spec.k,
@@ -294,9 +356,13 @@ def train(
         train_seconds=round(elapsed, 2),
         epochs=state.epoch,
         best_epoch=state.best_epoch,
+        recipe=spec.recipe,
+        last_test_accuracy=prediction_accuracy(test_split, last_predictions),
+        test_questions=len(test_split),
         adapter_options=options,
         max_epochs=spec.max_epochs,
         mixed_precision=spec.mixed_precision,
+        dataset=spec.dataset,
     )
     if accelerator.is_main_process:
         save_file({n: t.contiguous() for n, t in best.items()}, str(run_dir / BEST_FILE))
