@@ -10,6 +10,7 @@ names are unchanged, so its checkpoints still load into the adapted model.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
@@ -106,34 +107,68 @@ def _add_adapter_output(linear: nn.Module, inputs: Any, output: Tensor) -> Tenso
     return adapted
 
 
+@dataclass(frozen=True)
+class AdapterPlan:
+    """The adapters ``add_mixphm`` would attach, built but not yet attached: the model is
+    unchanged until ``attach``. ``adapters`` are (path the adapter will have, output linear,
+    adapter)."""
+
+    config: MixPHMConfig
+    router: ExpertRouter
+    adapters: tuple[tuple[str, nn.Linear, MixPHMAdapter], ...]
+
+    def named_adapters(self) -> list[tuple[str, MixPHMAdapter]]:
+        return [(path, adapter) for path, _, adapter in self.adapters]
+
+
+def plan_adapters(model: nn.Module, config: MixPHMConfig) -> AdapterPlan:
+    """Build the adapters for ``model`` without touching it; raises ValueError when the
+    model already has adapters or has nothing to adapt."""
+    if any(True for _ in mixphm_adapters(model)):
+        raise ValueError(f"{type(model).__name__} already has MixPHM adapters")
+    targets = find_targets(model, config)
+    rule = PHMRule(config.phm_dim) if config.phm_dim > 1 else None
+    router = ExpertRouter(config.routing_seed, len(targets), config.num_experts)
+    adapters = tuple(
+        (
+            f"{path}.{ADAPTER_NAME}",
+            linear,
+            MixPHMAdapter(linear.out_features, config, rule, router, index).to(
+                linear.weight.device
+            ),
+        )
+        for index, (path, linear) in enumerate(targets)
+    )
+    return AdapterPlan(config, router, adapters)
+
+
+def attach(model: nn.Module, plan: AdapterPlan) -> nn.Module:
+    """Attach ``plan``'s adapters to ``model`` and freeze everything else."""
+    model.requires_grad_(False)
+    for _, linear, adapter in plan.adapters:
+        linear.add_module(ADAPTER_NAME, adapter)
+        linear.register_forward_hook(_add_adapter_output)
+    anchor = plan.adapters[0][2].up.bias
+    router = plan.router
+
+    def advance_routing(module: nn.Module, args: Any) -> None:
+        if module.training:
+            router.advance(anchor.device)
+
+    if plan.config.num_experts > 1:  # one expert: nothing to route, no per-forward work
+        model.register_forward_pre_hook(advance_routing)
+    setattr(model, CONFIG_ATTRIBUTE, plan.config)
+    setattr(model, ROUTER_ATTRIBUTE, router)
+    return model
+
+
 def add_mixphm(model: nn.Module, config: MixPHMConfig | None = None) -> nn.Module:
     """Insert a MixPHM adapter after every targeted sub-layer and freeze everything else.
 
     The model is changed in place and returned. Adapter parameters are float32 on the
     device of the layer they follow; they compute in the dtype of the hidden states.
     """
-    config = config or MixPHMConfig()
-    if any(True for _ in mixphm_adapters(model)):
-        raise ValueError(f"{type(model).__name__} already has MixPHM adapters")
-    targets = find_targets(model, config)
-    rule = PHMRule(config.phm_dim) if config.phm_dim > 1 else None
-    router = ExpertRouter(config.routing_seed, len(targets), config.num_experts)
-    model.requires_grad_(False)
-    for layer_index, (_, linear) in enumerate(targets):
-        adapter = MixPHMAdapter(linear.out_features, config, rule, router, layer_index)
-        linear.add_module(ADAPTER_NAME, adapter.to(linear.weight.device))
-        linear.register_forward_hook(_add_adapter_output)
-    anchor = next(mixphm_adapters(model))[1].up.bias
-
-    def advance_routing(module: nn.Module, args: Any) -> None:
-        if module.training:
-            router.advance(anchor.device)
-
-    if config.num_experts > 1:  # one expert: nothing to route, no per-forward work
-        model.register_forward_pre_hook(advance_routing)
-    setattr(model, CONFIG_ATTRIBUTE, config)
-    setattr(model, ROUTER_ATTRIBUTE, router)
-    return model
+    return attach(model, plan_adapters(model, config or MixPHMConfig()))
 
 
 def _attached(model: nn.Module, attribute: str) -> Any:
@@ -162,7 +197,8 @@ def mixphm_adapters(model: nn.Module) -> Iterator[tuple[str, MixPHMAdapter]]:
 
 
 def merge_experts(model: nn.Module) -> nn.Module:
-    """Build and cache every adapter's merged expert now; eval-mode forwards then reuse it."""
+    """Rebuild every adapter's merged expert from its current weights (entering eval mode
+    and loading do it too); call it after writing to the weights while in eval mode."""
     adapters = [adapter for _, adapter in mixphm_adapters(model)]
     if not adapters:
         raise ValueError(f"{type(model).__name__} has no MixPHM adapters; call add_mixphm first")
