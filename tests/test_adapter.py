@@ -232,7 +232,7 @@ def test_config_errors_are_clear():
         ("num_experts", 2.0, "num_experts must be int, got 2.0"),
         ("vision_tower", 1, "vision_tower must be bool, got 1"),
         ("phm_rank", "8", "phm_rank must be int | None, got '8'"),
-        ("extra_ffn_classes", ["wo"], "extra_ffn_classes must be dict[str, str]"),
+        ("target_modules", {"wo": 1}, "target_modules must be list[str] | str | None"),
     ],
 )
 def test_a_field_of_the_wrong_type_is_refused_by_name(field, value, message):

@@ -139,29 +139,100 @@ def test_packaged_minilm_takes_adapters():
     assert 0 < trainable / total < 0.02
 
 
-def test_unsupported_architecture_names_what_was_searched():
-    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
-    with pytest.raises(ValueError, match=r"no sub-layer to adapt in Sequential: .*T5DenseActDense"):
-        add_mixphm(model)
+class Attention(torch.nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.qkv, self.proj = torch.nn.Linear(width, 3 * width), torch.nn.Linear(width, width)
+
+    def forward(self, x):
+        return self.proj(self.qkv(x)[..., : x.shape[-1]])
 
 
-def test_extra_ffn_classes_extend_the_search():
-    class MyMLP(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.out = torch.nn.Linear(8, 8)
+class Block(torch.nn.Module):
+    """A transformer block no table lists: attention, a norm, and a feed-forward whose
+    names are nobody's convention."""
 
-        def forward(self, x):
-            return self.out(x)
+    def __init__(self, width=8, feedforward=True):
+        super().__init__()
+        self.mixer = Attention(width)
+        self.norm = torch.nn.LayerNorm(width)
+        self.widen, self.narrow = (
+            torch.nn.Linear(width, 4 * width),
+            torch.nn.Linear(4 * width, width),
+        )
+        self.feedforward = feedforward
 
-    model = add_mixphm(
-        torch.nn.Sequential(MyMLP()),
-        MixPHMConfig(reduction_factor=2, extra_ffn_classes={"MyMLP": "out"}),
+    def forward(self, x):
+        x = x + self.mixer(self.norm(x))
+        return x + self.narrow(torch.relu(self.widen(x))) if self.feedforward else x
+
+
+class Net(torch.nn.Module):
+    def __init__(self, *blocks):
+        super().__init__()
+        self.trunk = torch.nn.ModuleList(blocks or [Block(), Block()])
+        self.head = torch.nn.Linear(8, 2)  # contracts too, but is outside every block
+
+    def forward(self, x):
+        for block in self.trunk:
+            x = block(x)
+        return self.head(x)
+
+
+def test_an_unknown_architecture_is_adapted_by_its_structure():
+    model = add_mixphm(Net(), MixPHMConfig(reduction_factor=2, phm_dim=2))
+    assert [p for p, _ in mixphm_adapters(model)] == [
+        "trunk.0.narrow.mixphm",
+        "trunk.1.narrow.mixphm",
+    ]
+    houlsby = add_mixphm(Net(), MixPHMConfig.preset("houlsby", reduction_factor=2))
+    assert [p for p, _ in mixphm_adapters(houlsby)] == [
+        "trunk.0.mixer.proj.mixphm",
+        "trunk.0.narrow.mixphm",
+        "trunk.1.mixer.proj.mixphm",
+        "trunk.1.narrow.mixphm",
+    ]
+
+
+def test_target_modules_name_the_layers_by_suffix_or_regex():
+    by_suffix = add_mixphm(Net(), MixPHMConfig(reduction_factor=2, target_modules=["widen"]))
+    assert [p for p, _ in mixphm_adapters(by_suffix)] == [
+        "trunk.0.widen.mixphm",
+        "trunk.1.widen.mixphm",
+    ]
+    by_regex = add_mixphm(
+        Net(), MixPHMConfig(reduction_factor=2, target_modules=r"trunk\.1\.(mixer\.qkv|narrow)")
     )
-    assert [p for p, _ in mixphm_adapters(model)] == ["0.out.mixphm"]
-    bad = MixPHMConfig(extra_ffn_classes={"MyMLP": "missing"})
-    with pytest.raises(TypeError, match=r"has no nn\.Linear named 'missing'"):
-        add_mixphm(torch.nn.Sequential(MyMLP()), bad)
+    assert [p for p, _ in mixphm_adapters(by_regex)] == [
+        "trunk.1.mixer.qkv.mixphm",
+        "trunk.1.narrow.mixphm",
+    ]
+    with pytest.raises(ValueError, match=r"names modules that are not nn\.Linear: trunk\.0\.norm"):
+        add_mixphm(Net(), MixPHMConfig(target_modules=["norm"]))
+    with pytest.raises(ValueError, match=r"names no module of Net"):
+        add_mixphm(Net(), MixPHMConfig(target_modules=["mlp.down_proj"]))
+    with pytest.raises(ValueError, match=r"target_modules must be list\[str\] \| str \| None"):
+        MixPHMConfig(target_modules=[3])
+
+
+def test_a_model_without_blocks_or_with_inconsistent_ones_is_refused_clearly():
+    with pytest.raises(
+        ValueError, match=r"Sequential: found no transformer blocks .*target_modules"
+    ):
+        add_mixphm(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+    model = Net(Block(), Block(feedforward=False))
+    model.trunk[1].narrow = torch.nn.Linear(32, 16)  # the second block's FFN is gone
+    with pytest.raises(
+        ValueError, match=r"not every transformer block has a feed-forward output .*trunk\.1: none"
+    ):
+        add_mixphm(model)
+    assert not list(mixphm_adapters(model))
+
+
+def test_an_adapter_config_with_the_old_class_table_is_refused_by_name():
+    assert MixPHMConfig.from_dict({"extra_ffn_classes": {}}) == MixPHMConfig(activation="gelu")
+    with pytest.raises(ValueError, match="extra_ffn_classes is no longer read: name the output"):
+        MixPHMConfig.from_dict({"extra_ffn_classes": {"MyMLP": "out"}})
 
 
 def test_adding_twice_is_refused():

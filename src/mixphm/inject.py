@@ -1,10 +1,11 @@
-"""Attach MixPHM adapters to a Hugging Face transformers model.
+"""Attach MixPHM adapters to a Hugging Face transformers model (or any PyTorch model).
 
-Sub-layers are found by module class, never by path: each known feed-forward (and, for
-Houlsby, attention) class names the ``nn.Linear`` that produces its output. The adapter is
-registered as a child ``mixphm`` of that linear layer and a forward hook turns its output
-h into h + adapter(h), before the block's residual add. The base model's own parameter
-names are unchanged, so its checkpoints still load into the adapted model.
+The sub-layers are found by the model's structure (``mixphm.placement``) or named by the
+user (``MixPHMConfig.target_modules``): each is an ``nn.Linear`` producing a sub-layer's
+output. The adapter is registered as a child ``mixphm`` of that linear layer and a forward
+hook turns its output h into h + adapter(h), before the block's residual add. The base
+model's own parameter names are unchanged, so its checkpoints still load into the adapted
+model.
 """
 
 from __future__ import annotations
@@ -18,87 +19,26 @@ from torch import Tensor, nn
 from mixphm.adapter import MixPHMAdapter
 from mixphm.config import MixPHMConfig
 from mixphm.phm import PHMRule
+from mixphm.placement import attention_outputs, feedforward_outputs, named_linears, per_block
 from mixphm.routing import ExpertRouter
-
-# class name → name of the nn.Linear that produces the sub-layer's output
-TEXT_FFN = {
-    "T5DenseActDense": "wo",
-    "T5DenseGatedActDense": "wo",
-    "BertOutput": "dense",
-    "RobertaOutput": "dense",
-    "BlipTextOutput": "dense",
-    "ViltOutput": "dense",
-    "LlamaMLP": "down_proj",
-    "MistralMLP": "down_proj",
-    "GemmaMLP": "down_proj",
-    "Gemma2MLP": "down_proj",
-    "Qwen2MLP": "down_proj",
-}
-VISION_FFN = {
-    "BlipMLP": "fc2",
-    "SiglipMLP": "fc2",
-    "Idefics3VisionMLP": "fc2",
-    "VisionMlp": "fc2",  # Qwen2-VL
-}
-TEXT_ATTENTION = {
-    "T5Attention": "o",
-    "BertSelfOutput": "dense",
-    "RobertaSelfOutput": "dense",
-    "BlipTextSelfOutput": "dense",
-    "ViltSelfOutput": "dense",
-    "LlamaAttention": "o_proj",
-    "MistralAttention": "o_proj",
-    "GemmaAttention": "o_proj",
-    "Gemma2Attention": "o_proj",
-    "Qwen2Attention": "o_proj",
-    "Qwen2VLAttention": "o_proj",
-}
-VISION_ATTENTION = {
-    "BlipAttention": "projection",
-    "SiglipAttention": "out_proj",
-    "Idefics3VisionAttention": "out_proj",
-    "VisionAttention": "proj",  # Qwen2-VL
-}
 
 ADAPTER_NAME = "mixphm"
 CONFIG_ATTRIBUTE = "mixphm_config"
 ROUTER_ATTRIBUTE = "mixphm_router"
 
 
-def target_classes(config: MixPHMConfig) -> dict[str, str]:
-    """Sub-layer class name → output linear name, for what ``config`` asks to adapt."""
-    targets = {**TEXT_FFN, **config.extra_ffn_classes}
-    if config.vision_tower:
-        targets |= VISION_FFN
-    if config.attention_adapters:
-        targets |= TEXT_ATTENTION
-        if config.vision_tower:
-            targets |= VISION_ATTENTION
-    return targets
-
-
 def find_targets(model: nn.Module, config: MixPHMConfig) -> list[tuple[str, nn.Linear]]:
-    """(path, output linear) of every sub-layer to adapt, in module order."""
-    targets = target_classes(config)
-    found = []
-    for path, module in model.named_modules():
-        linear_name = targets.get(type(module).__name__)
-        if linear_name is None:
-            continue
-        linear = getattr(module, linear_name, None)
-        if not isinstance(linear, nn.Linear):
-            raise TypeError(
-                f"{path} ({type(module).__name__}) has no nn.Linear named {linear_name!r}; "
-                "fix the mapping in MixPHMConfig.extra_ffn_classes"
-            )
-        found.append((f"{path}.{linear_name}" if path else linear_name, linear))
-    if not found:
-        raise ValueError(
-            f"no sub-layer to adapt in {type(model).__name__}: searched for the classes "
-            f"{', '.join(sorted(targets))}. For another architecture pass "
-            "MixPHMConfig(extra_ffn_classes={'<FFN class name>': '<its output nn.Linear>'})"
-        )
-    return found
+    """(path, output linear) of every sub-layer to adapt, in module order: the linears
+    ``config.target_modules`` names, or else every transformer block's feed-forward output
+    (and attention outputs with ``attention_adapters``), found by structure
+    (``mixphm.placement``). Raises PlacementError (a ValueError) saying what was searched."""
+    if config.target_modules is not None:
+        return named_linears(model, config.target_modules)
+    found = per_block(model, config.vision_tower, feedforward_outputs, "a feed-forward output")
+    if config.attention_adapters:
+        found += per_block(model, config.vision_tower, attention_outputs, "an attention output")
+    order = {path: index for index, (path, _) in enumerate(model.named_modules())}
+    return sorted(found, key=lambda target: order[target[0]])
 
 
 def _add_adapter_output(linear: nn.Module, inputs: Any, output: Tensor) -> Tensor:
