@@ -42,6 +42,7 @@ class MixPHMAdapter(nn.Module):
         rule: PHMRule | None,
         router: ExpertRouter,
         layer_index: int,
+        owns_rule: bool = True,
     ) -> None:
         super().__init__()
         if d_model % config.reduction_factor:
@@ -51,8 +52,10 @@ class MixPHMAdapter(nn.Module):
             )
         bottleneck = d_model // config.reduction_factor
         rank = config.phm_rank
-        self.down = PHMProjection(d_model, bottleneck, 1, config.phm_dim, rank, rule)
-        self.up = PHMProjection(bottleneck, d_model, config.num_experts, config.phm_dim, rank, rule)
+        # the shared rule is registered once per model: by the first adapter's down-projection
+        self.down = PHMProjection(d_model, bottleneck, 1, config.phm_dim, rank, rule, owns_rule)
+        experts = config.num_experts
+        self.up = PHMProjection(bottleneck, d_model, experts, config.phm_dim, rank, rule, False)
         self.dropout = nn.Dropout()
         self._merge_mode: MergeMode = config.merge
         self.approximate = "none"

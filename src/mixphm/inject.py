@@ -73,7 +73,7 @@ def plan_adapters(model: nn.Module, config: MixPHMConfig) -> AdapterPlan:
         (
             f"{path}.{ADAPTER_NAME}",
             linear,
-            MixPHMAdapter(linear.out_features, config, rule, router, index).to(
+            MixPHMAdapter(linear.out_features, config, rule, router, index, index == 0).to(
                 linear.weight.device
             ),
         )
