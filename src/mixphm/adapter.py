@@ -115,8 +115,12 @@ class MixPHMAdapter(nn.Module):
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Rebuild the merged weights from the current parameters."""
-        for buffer, built in zip(self.merged_weights(), self._build_merged(), strict=True):
+        """Rebuild the merged weights from the current parameters (nothing to build while
+        any of them is on the meta device, without data)."""
+        merged = self._build_merged()
+        if any(tensor.is_meta for tensor in merged):
+            return
+        for buffer, built in zip(self.merged_weights(), merged, strict=True):
             buffer.copy_(built)
 
     def train(self, mode: bool = True) -> MixPHMAdapter:

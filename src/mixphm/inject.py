@@ -69,15 +69,13 @@ def plan_adapters(model: nn.Module, config: MixPHMConfig) -> AdapterPlan:
     targets = find_targets(model, config)
     rule = PHMRule(config.phm_dim) if config.phm_dim > 1 else None
     router = ExpertRouter(config.routing_seed, len(targets), config.num_experts)
+    built = [
+        MixPHMAdapter(linear.out_features, config, rule, router, index, owns_rule=index == 0)
+        for index, (_, linear) in enumerate(targets)
+    ]  # all built before any moves: the first one's move takes the shared rule along
     adapters = tuple(
-        (
-            f"{path}.{ADAPTER_NAME}",
-            linear,
-            MixPHMAdapter(linear.out_features, config, rule, router, index, index == 0).to(
-                linear.weight.device
-            ),
-        )
-        for index, (path, linear) in enumerate(targets)
+        (f"{path}.{ADAPTER_NAME}", linear, adapter.to(linear.weight.device))
+        for (path, linear), adapter in zip(targets, built, strict=True)
     )
     return AdapterPlan(config, router, adapters)
 

@@ -26,7 +26,7 @@ def phm_weight_t(blocks: Tensor, rule: Tensor | None) -> Tensor:
     if rule is None:
         return blocks.squeeze(-3).transpose(-1, -2)
     # W[a·p + x, b·q + y] = Σ_i S[i, a, b] · B[i, x, y]; emit it transposed as (b, y, a, x).
-    weight_t = torch.einsum("iab,...ixy->...byax", rule.to(blocks), blocks)
+    weight_t = torch.einsum("iab,...ixy->...byax", rule.to(blocks.dtype), blocks)
     return weight_t.reshape(*lead, n * q, n * p)
 
 
