@@ -3,8 +3,10 @@ state through ``optimizers=``, gradient accumulation, gradient checkpointing and
 same routing as our loop for the same seed, unrouted experts untouched, checkpoints that
 save (the shared rule tensor once) and an adapter that reloads."""
 
+import pytest
 import torch
 import transformers as tf
+from accelerate.state import AcceleratorState
 from accelerate.utils import extract_model_from_parallel
 from tiny_models import BUILDERS
 
@@ -14,6 +16,14 @@ from mixphm.routing import expert_choices
 
 FAMILY = "paligemma"
 SEED = 13
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """The Trainer sets accelerate's process-wide state to bf16; later tests build their
+    own accelerators, so it is reset afterwards."""
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def test_a_mixphm_vlm_trains_under_the_trainer_as_in_our_recipe(tmp_path):
