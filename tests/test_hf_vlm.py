@@ -11,8 +11,9 @@ from tiny_processors import PROCESSORS
 
 from mixphm import MixPHMConfig, add_mixphm
 from mixphm.backbones.generation import IGNORED, Decoding, score_weighted_answer_loss
-from mixphm.backbones.hf_vlm import HFVisionQA
+from mixphm.backbones.hf_vlm import VISION_TOWERS, HFVisionQA
 from mixphm.inject import mixphm_adapters
+from mixphm.regularization import RedundancyConfig, RedundancyRegularizer, adapter_stacks
 
 FAMILIES = sorted(PROCESSORS)
 QUESTIONS = ["what color is the shape ?", "is the shape a circle ?"]
@@ -64,7 +65,7 @@ def test_a_few_mixphm_steps_lower_the_loss_and_answers_are_strings(family):
         optimizer.step()
         optimizer.zero_grad()
         losses.append(loss.item())
-    assert masks == {}
+    assert set(masks) == set(adapter_stacks(vqa.model).values())
     assert losses[-1] < losses[0] - 1e-3, losses  # tiny random BLIP learns slowest
     vqa.model.eval()
     for decoding in (Decoding(max_new_tokens=3), Decoding(max_new_tokens=3, num_beams=2)):
@@ -131,3 +132,31 @@ def test_the_shared_loss_matches_dense_cross_entropy_with_label_smoothing():
     expected = torch.stack([dense[0].sum() / 3, dense[1].sum() / 5 * 0.5, torch.tensor(0.0)])
     loss = score_weighted_answer_loss(logits, labels, scores, label_smoothing=0.1)
     torch.testing.assert_close(loss, expected.mean())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_redundancy_regularizer_trains_on_the_real_token_masks(family):
+    """mixphm-ra on a Hugging Face VLM: every adapted stack gets its mask (prompt and answer
+    padding excluded, image tokens included; every patch of a vision tower)."""
+    vqa = tiny(family, vision_tower=True)
+    regularizer = RedundancyRegularizer(vqa.model, RedundancyConfig(alpha=0.2, beta=0.04))
+    questions = [QUESTIONS[0], "is the shape that you see in the picture a circle ?"]
+    answers = ["red", "no it is a small blue square"]  # rows of other lengths: padding
+    vqa.model.train()
+    with regularizer.recording():
+        loss, masks = vqa.training_loss(vqa.model, images(), questions, answers, torch.ones(2))
+    extra, _ = regularizer.loss(masks)
+    assert torch.isfinite(extra) and extra.requires_grad
+    (loss + extra).backward()
+    assert set(masks) == set(regularizer.stacks)
+    inputs = vqa.training_inputs(images(), questions, answers)
+    vision = [stack for stack, mask in masks.items() if mask is None]
+    assert vision and all(set(stack.split(".")) & VISION_TOWERS for stack in vision)
+    for stack, mask in masks.items():
+        if mask is None:
+            continue
+        key = "decoder_attention_mask" if "text_decoder" in stack else "attention_mask"
+        assert torch.equal(mask, inputs[key].bool()), stack
+        assert not mask.all() and not torch.equal(mask[0], mask[1])  # padding left out
+        if family != "blip":
+            assert mask[inputs["input_ids"] == vqa.model.config.image_token_id].all()

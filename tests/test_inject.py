@@ -5,9 +5,19 @@ import torch
 import transformers as tf
 from tiny_models import BUILDERS
 
-from mixphm import MixPHMConfig, add_mixphm, merge_experts, mixphm_adapters, parameter_counts
+from mixphm import (
+    MixPHMConfig,
+    add_mixphm,
+    load_adapter,
+    merge_experts,
+    mixphm_adapters,
+    parameter_counts,
+    save_adapter,
+)
+from mixphm.optim import adamw
 
 SMALL = MixPHMConfig(reduction_factor=4, phm_dim=2, phm_rank=2, dropout=0.0, vision_tower=True)
+SMALL_TEXT = MixPHMConfig(reduction_factor=4, phm_dim=2, phm_rank=2, dropout=0.0)
 
 
 def t5_base_on_meta(**overrides):
@@ -70,34 +80,65 @@ def output_tensors(model, batch):
 
 @pytest.fixture(params=sorted(BUILDERS))
 def tiny(request):
-    torch.manual_seed(0)
-    return BUILDERS[request.param]()
+    """(family, its tiny model and batch)."""
+    return request.param, BUILDERS[request.param]()
 
 
-def test_injection_trains_only_adapters_and_generates(tiny):
-    built = tiny
-    model = add_mixphm(built.model, SMALL)
+VISION_SIDE_EXTRA = {"blip2-opt": 1, "blip2-flan-t5": 1, "idefics2": 1, "florence2": 2}
+"""Vision-side adapters beyond one per vision block: BLIP-2's Q-Former layer and Idefics2's
+resampler layer (bridges, adapted with the vision tower), Florence-2's DaViT blocks (a
+spatial and a channel sub-block, each with its feed-forward)."""
+
+
+def test_adapters_go_after_every_language_block_and_vision_blocks_when_asked(tiny):
+    name, built = tiny
+    language = add_mixphm(BUILDERS[name]().model, SMALL_TEXT)
+    assert len(list(mixphm_adapters(language))) == built.text_blocks
+    with_vision = add_mixphm(built.model, SMALL)
+    vision = built.vision_blocks + VISION_SIDE_EXTRA.get(name, 0)
+    assert len(list(mixphm_adapters(with_vision))) == built.text_blocks + vision
+
+
+def test_adapters_train_alone_change_the_merged_output_and_reload_exactly(tiny, tmp_path):
+    name, built = tiny
+    model = built.model
+    with torch.no_grad():
+        base = output_tensors(model.eval(), built.batch)
+    add_mixphm(model, SMALL_TEXT)
     adapter_params = {id(p) for _, a in mixphm_adapters(model) for p in a.parameters()}
-    model.train()
-    loss = model(**built.batch).loss
-    assert torch.isfinite(loss)
-    loss.backward()
-    for param_name, param in model.named_parameters():
-        if id(param) in adapter_params:
-            assert param.requires_grad
-        else:
-            assert not param.requires_grad and param.grad is None, param_name
-    reached = [p for p in model.parameters() if p.grad is not None and p.grad.abs().sum() > 0]
-    assert len(reached) >= len(adapter_params) - built.vision_ffn_count * 4
-    if built.generate_kwargs is not None:
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert {id(p) for p in trainable} == adapter_params
+
+    def merged_loss():
         model.eval()
         with torch.no_grad():
-            generated = model.generate(**built.generate_kwargs)
-        assert generated.shape[0] == 2
+            torch.manual_seed(0)  # ViLT draws the order of its image patches
+            return model(**built.batch).loss.item()
+
+    before = merged_loss()
+    optimizer = adamw(model, lr=1e-2, weight_decay=0.0)
+    for _ in range(8):
+        model.train()
+        model(**built.batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+    assert merged_loss() < before
+    model.eval()
+    with torch.no_grad():
+        adapted = output_tensors(model, built.batch)
+        assert not all(torch.equal(a, b) for a, b in zip(adapted, base, strict=True))
+        if built.generate_kwargs is not None:
+            assert model.generate(**built.generate_kwargs).shape[0] == 2
+    save_adapter(model, tmp_path)
+    fresh = load_adapter(BUILDERS[name]().model, tmp_path).eval()
+    with torch.no_grad():
+        for got, expected in zip(output_tensors(fresh, built.batch), adapted, strict=True):
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 def test_zeroed_adapter_output_leaves_the_base_model_unchanged(tiny):
-    built = tiny
+    _, built = tiny
     model = built.model.eval()
     with torch.no_grad():
         base = output_tensors(model, built.batch)
@@ -139,29 +180,100 @@ def test_packaged_minilm_takes_adapters():
     assert 0 < trainable / total < 0.02
 
 
-def test_unsupported_architecture_names_what_was_searched():
-    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
-    with pytest.raises(ValueError, match=r"no sub-layer to adapt in Sequential: .*T5DenseActDense"):
-        add_mixphm(model)
+class Attention(torch.nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.qkv, self.proj = torch.nn.Linear(width, 3 * width), torch.nn.Linear(width, width)
+
+    def forward(self, x):
+        return self.proj(self.qkv(x)[..., : x.shape[-1]])
 
 
-def test_extra_ffn_classes_extend_the_search():
-    class MyMLP(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.out = torch.nn.Linear(8, 8)
+class Block(torch.nn.Module):
+    """A transformer block no table lists: attention, a norm, and a feed-forward whose
+    names are nobody's convention."""
 
-        def forward(self, x):
-            return self.out(x)
+    def __init__(self, width=8, feedforward=True):
+        super().__init__()
+        self.mixer = Attention(width)
+        self.norm = torch.nn.LayerNorm(width)
+        self.widen, self.narrow = (
+            torch.nn.Linear(width, 4 * width),
+            torch.nn.Linear(4 * width, width),
+        )
+        self.feedforward = feedforward
 
-    model = add_mixphm(
-        torch.nn.Sequential(MyMLP()),
-        MixPHMConfig(reduction_factor=2, extra_ffn_classes={"MyMLP": "out"}),
+    def forward(self, x):
+        x = x + self.mixer(self.norm(x))
+        return x + self.narrow(torch.relu(self.widen(x))) if self.feedforward else x
+
+
+class Net(torch.nn.Module):
+    def __init__(self, *blocks):
+        super().__init__()
+        self.trunk = torch.nn.ModuleList(blocks or [Block(), Block()])
+        self.head = torch.nn.Linear(8, 2)  # contracts too, but is outside every block
+
+    def forward(self, x):
+        for block in self.trunk:
+            x = block(x)
+        return self.head(x)
+
+
+def test_an_unknown_architecture_is_adapted_by_its_structure():
+    model = add_mixphm(Net(), MixPHMConfig(reduction_factor=2, phm_dim=2))
+    assert [p for p, _ in mixphm_adapters(model)] == [
+        "trunk.0.narrow.mixphm",
+        "trunk.1.narrow.mixphm",
+    ]
+    houlsby = add_mixphm(Net(), MixPHMConfig.preset("houlsby", reduction_factor=2))
+    assert [p for p, _ in mixphm_adapters(houlsby)] == [
+        "trunk.0.mixer.proj.mixphm",
+        "trunk.0.narrow.mixphm",
+        "trunk.1.mixer.proj.mixphm",
+        "trunk.1.narrow.mixphm",
+    ]
+
+
+def test_target_modules_name_the_layers_by_suffix_or_regex():
+    by_suffix = add_mixphm(Net(), MixPHMConfig(reduction_factor=2, target_modules=["widen"]))
+    assert [p for p, _ in mixphm_adapters(by_suffix)] == [
+        "trunk.0.widen.mixphm",
+        "trunk.1.widen.mixphm",
+    ]
+    by_regex = add_mixphm(
+        Net(), MixPHMConfig(reduction_factor=2, target_modules=r"trunk\.1\.(mixer\.qkv|narrow)")
     )
-    assert [p for p, _ in mixphm_adapters(model)] == ["0.out.mixphm"]
-    bad = MixPHMConfig(extra_ffn_classes={"MyMLP": "missing"})
-    with pytest.raises(TypeError, match=r"has no nn\.Linear named 'missing'"):
-        add_mixphm(torch.nn.Sequential(MyMLP()), bad)
+    assert [p for p, _ in mixphm_adapters(by_regex)] == [
+        "trunk.1.mixer.qkv.mixphm",
+        "trunk.1.narrow.mixphm",
+    ]
+    with pytest.raises(ValueError, match=r"names modules that are not nn\.Linear: trunk\.0\.norm"):
+        add_mixphm(Net(), MixPHMConfig(target_modules=["norm"]))
+    with pytest.raises(ValueError, match=r"names no module of Net"):
+        add_mixphm(Net(), MixPHMConfig(target_modules=["mlp.down_proj"]))
+    with pytest.raises(ValueError, match=r"target_modules must be list\[str\] \| str \| None"):
+        MixPHMConfig(target_modules=[3])
+
+
+def test_a_model_without_blocks_or_with_inconsistent_ones_is_refused_clearly():
+    with pytest.raises(
+        ValueError, match=r"Sequential: found no transformer blocks .*target_modules"
+    ):
+        add_mixphm(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+    model = Net(Block(), Block(feedforward=False))
+    model.trunk[1].narrow = torch.nn.Linear(32, 16)  # the second block's FFN is gone
+    with pytest.raises(
+        ValueError, match=r"not every transformer block has a feed-forward output .*trunk\.1: none"
+    ):
+        add_mixphm(model)
+    assert not list(mixphm_adapters(model))
+
+
+def test_an_adapter_config_with_the_old_class_table_is_refused_by_name():
+    assert MixPHMConfig.from_dict({"extra_ffn_classes": {}}) == MixPHMConfig(activation="gelu")
+    with pytest.raises(ValueError, match="extra_ffn_classes is no longer read: name the output"):
+        MixPHMConfig.from_dict({"extra_ffn_classes": {"MyMLP": "out"}})
 
 
 def test_adding_twice_is_refused():

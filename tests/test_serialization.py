@@ -9,6 +9,7 @@ from tiny_models import BUILDERS
 from transformers import T5Config, T5ForConditionalGeneration
 
 from mixphm import MixPHMConfig, add_mixphm, load_adapter, mixphm_adapters, save_adapter
+from mixphm.inject import adapter_config, adapter_router
 from mixphm.serialization import CONFIG_FILE, WEIGHTS_FILE
 
 CONFIG = MixPHMConfig(reduction_factor=4, phm_dim=2, phm_rank=2)
@@ -121,3 +122,45 @@ def test_an_adapter_saved_before_the_activation_field_loads_with_exact_gelu(tmp_
     fresh = BUILDERS["t5"]().model
     load_adapter(fresh, tmp_path)
     assert {adapter.approximate for _, adapter in mixphm_adapters(fresh)} == {"none"}
+
+
+@pytest.mark.parametrize(
+    ("variant", "message"),
+    [({"d_model": 32}, "has shape"), ({"num_layers": 3}, "missing from the file")],
+)
+def test_a_failed_load_leaves_the_model_untouched(tmp_path, variant, message):
+    model, _ = trained_t5()
+    save_adapter(model, tmp_path)
+    target = t5_variant(**variant)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(ValueError, match=message):
+        load_adapter(target, tmp_path)
+    assert not list(mixphm_adapters(target))
+    assert all(p.requires_grad for p in target.parameters())  # not frozen
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in target.modules())
+    after = target.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_settings_that_leave_the_shapes_alone_are_taken_from_the_file_and_reported(tmp_path):
+    model, batch = trained_t5()
+    save_adapter(model, tmp_path)  # dropout 0.5, routing seed 0, gelu_new
+    torch.manual_seed(0)
+    other = BUILDERS["t5"]().model
+    settings = {"routing_seed": 21, "dropout": 0.0, "activation": "gelu"}
+    add_mixphm(other, MixPHMConfig(**{**CONFIG.to_dict(), **settings}))
+    with pytest.warns(
+        UserWarning,
+        match=r"took dropout=0.5, activation='gelu_new', routing_seed=0 from .* had "
+        r"dropout=0.0, activation='gelu', routing_seed=21\)",
+    ):
+        load_adapter(other, tmp_path)
+    assert adapter_config(other) == CONFIG
+    adapters = [adapter for _, adapter in mixphm_adapters(other)]
+    assert {(a.dropout.p, a.approximate) for a in adapters} == {(0.5, "tanh")}
+    assert adapter_router(other).state_dict() == adapter_router(model).state_dict()
+    model.eval()
+    other.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(other(**batch).logits, model(**batch).logits, rtol=0, atol=0)

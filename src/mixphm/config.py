@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 MergeMode = Literal["factors", "products"]
@@ -22,6 +22,8 @@ def has_type(value: Any, hint: Any) -> bool:
         return any(has_type(value, arg) for arg in args)
     if origin is Literal:
         return value in args
+    if origin is list:
+        return isinstance(value, list) and all(has_type(item, args[0]) for item in value)
     if origin is not None:
         return isinstance(value, origin)
     if hint is float:
@@ -61,11 +63,14 @@ class MixPHMConfig:
     attention_adapters: bool = False
     """Also insert an adapter after every attention block (Houlsby)."""
     vision_tower: bool = False
-    """Also adapt the vision tower of models that have a separate one."""
+    """Also adapt the vision side (vision tower, Q-Former, resampler) of models that have
+    one; the language model (a dual encoder's text tower) is adapted by default."""
     routing_seed: int = 0
     """Seed of the stochastic routing; equal on every rank of a distributed run."""
-    extra_ffn_classes: dict[str, str] = field(default_factory=dict)
-    """More feed-forward classes to adapt: class name → name of its output nn.Linear."""
+    target_modules: list[str] | str | None = None
+    """The output linears to adapt, named as in peft: module-name suffixes (``["wo"]``,
+    ``["mlp.down_proj"]``) or one regular expression matched against whole module names.
+    None: found from the model's structure (``mixphm.placement``)."""
 
     def __post_init__(self) -> None:
         for name, hint in typing.get_type_hints(type(self)).items():
@@ -126,6 +131,11 @@ class MixPHMConfig:
         """The config ``to_dict`` wrote; files older than the ``activation`` field were
         trained with exact GELU and load with it."""
         values = {"activation": "gelu", **values}
+        if values.pop("extra_ffn_classes", None):
+            raise ValueError(
+                "extra_ffn_classes is no longer read: name the output linears with "
+                "target_modules (module-name suffixes or a regular expression)"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

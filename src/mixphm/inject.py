@@ -1,15 +1,17 @@
-"""Attach MixPHM adapters to a Hugging Face transformers model.
+"""Attach MixPHM adapters to a Hugging Face transformers model (or any PyTorch model).
 
-Sub-layers are found by module class, never by path: each known feed-forward (and, for
-Houlsby, attention) class names the ``nn.Linear`` that produces its output. The adapter is
-registered as a child ``mixphm`` of that linear layer and a forward hook turns its output
-h into h + adapter(h), before the block's residual add. The base model's own parameter
-names are unchanged, so its checkpoints still load into the adapted model.
+The sub-layers are found by the model's structure (``mixphm.placement``) or named by the
+user (``MixPHMConfig.target_modules``): each is an ``nn.Linear`` producing a sub-layer's
+output. The adapter is registered as a child ``mixphm`` of that linear layer and a forward
+hook turns its output h into h + adapter(h), before the block's residual add. The base
+model's own parameter names are unchanged, so its checkpoints still load into the adapted
+model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
@@ -17,87 +19,26 @@ from torch import Tensor, nn
 from mixphm.adapter import MixPHMAdapter
 from mixphm.config import MixPHMConfig
 from mixphm.phm import PHMRule
+from mixphm.placement import attention_outputs, feedforward_outputs, named_linears, per_block
 from mixphm.routing import ExpertRouter
-
-# class name → name of the nn.Linear that produces the sub-layer's output
-TEXT_FFN = {
-    "T5DenseActDense": "wo",
-    "T5DenseGatedActDense": "wo",
-    "BertOutput": "dense",
-    "RobertaOutput": "dense",
-    "BlipTextOutput": "dense",
-    "ViltOutput": "dense",
-    "LlamaMLP": "down_proj",
-    "MistralMLP": "down_proj",
-    "GemmaMLP": "down_proj",
-    "Gemma2MLP": "down_proj",
-    "Qwen2MLP": "down_proj",
-}
-VISION_FFN = {
-    "BlipMLP": "fc2",
-    "SiglipMLP": "fc2",
-    "Idefics3VisionMLP": "fc2",
-    "VisionMlp": "fc2",  # Qwen2-VL
-}
-TEXT_ATTENTION = {
-    "T5Attention": "o",
-    "BertSelfOutput": "dense",
-    "RobertaSelfOutput": "dense",
-    "BlipTextSelfOutput": "dense",
-    "ViltSelfOutput": "dense",
-    "LlamaAttention": "o_proj",
-    "MistralAttention": "o_proj",
-    "GemmaAttention": "o_proj",
-    "Gemma2Attention": "o_proj",
-    "Qwen2Attention": "o_proj",
-    "Qwen2VLAttention": "o_proj",
-}
-VISION_ATTENTION = {
-    "BlipAttention": "projection",
-    "SiglipAttention": "out_proj",
-    "Idefics3VisionAttention": "out_proj",
-    "VisionAttention": "proj",  # Qwen2-VL
-}
 
 ADAPTER_NAME = "mixphm"
 CONFIG_ATTRIBUTE = "mixphm_config"
 ROUTER_ATTRIBUTE = "mixphm_router"
 
 
-def target_classes(config: MixPHMConfig) -> dict[str, str]:
-    """Sub-layer class name → output linear name, for what ``config`` asks to adapt."""
-    targets = {**TEXT_FFN, **config.extra_ffn_classes}
-    if config.vision_tower:
-        targets |= VISION_FFN
-    if config.attention_adapters:
-        targets |= TEXT_ATTENTION
-        if config.vision_tower:
-            targets |= VISION_ATTENTION
-    return targets
-
-
 def find_targets(model: nn.Module, config: MixPHMConfig) -> list[tuple[str, nn.Linear]]:
-    """(path, output linear) of every sub-layer to adapt, in module order."""
-    targets = target_classes(config)
-    found = []
-    for path, module in model.named_modules():
-        linear_name = targets.get(type(module).__name__)
-        if linear_name is None:
-            continue
-        linear = getattr(module, linear_name, None)
-        if not isinstance(linear, nn.Linear):
-            raise TypeError(
-                f"{path} ({type(module).__name__}) has no nn.Linear named {linear_name!r}; "
-                "fix the mapping in MixPHMConfig.extra_ffn_classes"
-            )
-        found.append((f"{path}.{linear_name}" if path else linear_name, linear))
-    if not found:
-        raise ValueError(
-            f"no sub-layer to adapt in {type(model).__name__}: searched for the classes "
-            f"{', '.join(sorted(targets))}. For another architecture pass "
-            "MixPHMConfig(extra_ffn_classes={'<FFN class name>': '<its output nn.Linear>'})"
-        )
-    return found
+    """(path, output linear) of every sub-layer to adapt, in module order: the linears
+    ``config.target_modules`` names, or else every transformer block's feed-forward output
+    (and attention outputs with ``attention_adapters``), found by structure
+    (``mixphm.placement``). Raises PlacementError (a ValueError) saying what was searched."""
+    if config.target_modules is not None:
+        return named_linears(model, config.target_modules)
+    found = per_block(model, config.vision_tower, feedforward_outputs, "a feed-forward output")
+    if config.attention_adapters:
+        found += per_block(model, config.vision_tower, attention_outputs, "an attention output")
+    order = {path: index for index, (path, _) in enumerate(model.named_modules())}
+    return sorted(found, key=lambda target: order[target[0]])
 
 
 def _add_adapter_output(linear: nn.Module, inputs: Any, output: Tensor) -> Tensor:
@@ -106,34 +47,66 @@ def _add_adapter_output(linear: nn.Module, inputs: Any, output: Tensor) -> Tenso
     return adapted
 
 
+@dataclass(frozen=True)
+class AdapterPlan:
+    """The adapters ``add_mixphm`` would attach, built but not yet attached: the model is
+    unchanged until ``attach``. ``adapters`` are (path the adapter will have, output linear,
+    adapter)."""
+
+    config: MixPHMConfig
+    router: ExpertRouter
+    adapters: tuple[tuple[str, nn.Linear, MixPHMAdapter], ...]
+
+    def named_adapters(self) -> list[tuple[str, MixPHMAdapter]]:
+        return [(path, adapter) for path, _, adapter in self.adapters]
+
+
+def plan_adapters(model: nn.Module, config: MixPHMConfig) -> AdapterPlan:
+    """Build the adapters for ``model`` without touching it; raises ValueError when the
+    model already has adapters or has nothing to adapt."""
+    if any(True for _ in mixphm_adapters(model)):
+        raise ValueError(f"{type(model).__name__} already has MixPHM adapters")
+    targets = find_targets(model, config)
+    rule = PHMRule(config.phm_dim) if config.phm_dim > 1 else None
+    router = ExpertRouter(config.routing_seed, len(targets), config.num_experts)
+    built = [
+        MixPHMAdapter(linear.out_features, config, rule, router, index, owns_rule=index == 0)
+        for index, (_, linear) in enumerate(targets)
+    ]  # all built before any moves: the first one's move takes the shared rule along
+    adapters = tuple(
+        (f"{path}.{ADAPTER_NAME}", linear, adapter.to(linear.weight.device))
+        for (path, linear), adapter in zip(targets, built, strict=True)
+    )
+    return AdapterPlan(config, router, adapters)
+
+
+def attach(model: nn.Module, plan: AdapterPlan) -> nn.Module:
+    """Attach ``plan``'s adapters to ``model`` and freeze everything else."""
+    model.requires_grad_(False)
+    for _, linear, adapter in plan.adapters:
+        linear.add_module(ADAPTER_NAME, adapter)
+        linear.register_forward_hook(_add_adapter_output)
+    anchor = plan.adapters[0][2].up.bias
+    router = plan.router
+
+    def advance_routing(module: nn.Module, args: Any) -> None:
+        if module.training:
+            router.advance(anchor.device)
+
+    if plan.config.num_experts > 1:  # one expert: nothing to route, no per-forward work
+        model.register_forward_pre_hook(advance_routing)
+    setattr(model, CONFIG_ATTRIBUTE, plan.config)
+    setattr(model, ROUTER_ATTRIBUTE, router)
+    return model
+
+
 def add_mixphm(model: nn.Module, config: MixPHMConfig | None = None) -> nn.Module:
     """Insert a MixPHM adapter after every targeted sub-layer and freeze everything else.
 
     The model is changed in place and returned. Adapter parameters are float32 on the
     device of the layer they follow; they compute in the dtype of the hidden states.
     """
-    config = config or MixPHMConfig()
-    if any(True for _ in mixphm_adapters(model)):
-        raise ValueError(f"{type(model).__name__} already has MixPHM adapters")
-    targets = find_targets(model, config)
-    rule = PHMRule(config.phm_dim) if config.phm_dim > 1 else None
-    router = ExpertRouter(config.routing_seed, len(targets), config.num_experts)
-    model.requires_grad_(False)
-    for layer_index, (_, linear) in enumerate(targets):
-        adapter = MixPHMAdapter(linear.out_features, config, rule, router, layer_index)
-        linear.add_module(ADAPTER_NAME, adapter.to(linear.weight.device))
-        linear.register_forward_hook(_add_adapter_output)
-    anchor = next(mixphm_adapters(model))[1].up.bias
-
-    def advance_routing(module: nn.Module, args: Any) -> None:
-        if module.training:
-            router.advance(anchor.device)
-
-    if config.num_experts > 1:  # one expert: nothing to route, no per-forward work
-        model.register_forward_pre_hook(advance_routing)
-    setattr(model, CONFIG_ATTRIBUTE, config)
-    setattr(model, ROUTER_ATTRIBUTE, router)
-    return model
+    return attach(model, plan_adapters(model, config or MixPHMConfig()))
 
 
 def _attached(model: nn.Module, attribute: str) -> Any:
@@ -162,7 +135,8 @@ def mixphm_adapters(model: nn.Module) -> Iterator[tuple[str, MixPHMAdapter]]:
 
 
 def merge_experts(model: nn.Module) -> nn.Module:
-    """Build and cache every adapter's merged expert now; eval-mode forwards then reuse it."""
+    """Rebuild every adapter's merged expert from its current weights (entering eval mode
+    and loading do it too); call it after writing to the weights while in eval mode."""
     adapters = [adapter for _, adapter in mixphm_adapters(model)]
     if not adapters:
         raise ValueError(f"{type(model).__name__} has no MixPHM adapters; call add_mixphm first")

@@ -49,6 +49,10 @@ class PHMProjection(nn.Module):
     Factors: ``left`` (E, n, d_in/n, r) and ``right`` (E, n, r, d_out/n) when low-rank,
     else ``blocks`` (E, n, d_in/n, d_out/n); ``bias`` (E, d_out). All experts start equal.
 
+    The shared rule is a child module (``rule``) of one projection of a model only (the
+    first adapter's down-projection); the others hold a plain reference to it, so that a
+    state dict, and a safetensors file of it, has S once.
+
     ``routed`` (E,) bool records which experts entered a differentiable forward since the
     optimizer last stepped or zeroed gradients: ``ExpertAdamW`` updates those and leaves
     the others untouched.
@@ -64,6 +68,7 @@ class PHMProjection(nn.Module):
         phm_dim: int,
         rank: int | None,
         rule: PHMRule | None,
+        registers_rule: bool = True,
     ) -> None:
         super().__init__()
         if d_in % phm_dim or d_out % phm_dim:
@@ -73,7 +78,10 @@ class PHMProjection(nn.Module):
         if (rule is None) != (phm_dim == 1):
             raise ValueError("a rule tensor is needed exactly when phm_dim > 1")
         self.d_in, self.d_out, self.num_experts = d_in, d_out, num_experts
-        self.rule = rule
+        if registers_rule:
+            self.rule = rule
+        else:  # a plain reference, so the shared S is one entry of a model's state dict
+            object.__setattr__(self, "rule", rule)
         p, q = d_in // phm_dim, d_out // phm_dim
         if rank is None:
             self.blocks = nn.Parameter(self._init_block(num_experts, phm_dim, p, q))

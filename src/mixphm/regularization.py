@@ -107,7 +107,7 @@ def linear_cka(x: Tensor, y: Tensor) -> Tensor:
     return cross / ((x.T @ x).pow(2).sum().sqrt() * (y.T @ y).pow(2).sum().sqrt())
 
 
-def _stack_of(model: nn.Module) -> dict[str, str]:
+def adapter_stacks(model: nn.Module) -> dict[str, str]:
     """Adapter path → path of its stack: the module owning the outermost ModuleList (the
     list of blocks) that contains the adapter (``encoder`` / ``decoder`` for T5,
     ``encoder`` for BERT, ``model.language_model`` for Qwen2-VL)."""
@@ -128,6 +128,12 @@ def _first_tensor(output: Any) -> Tensor:
     return hidden
 
 
+def batched(hidden: Tensor) -> Tensor:
+    """(B, L, d) as it is; packed tokens (N, d) of several samples, as Qwen2-VL's vision
+    tower runs them, as one sequence (1, N, d)."""
+    return hidden if hidden.dim() == 3 else hidden.unsqueeze(0)
+
+
 @dataclass
 class LayerActivations:
     """One adapter's capture: h and h_a (B, L, d), and the path of its stack."""
@@ -143,7 +149,7 @@ class ActivationCapture:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self.stack_of = _stack_of(model)
+        self.stack_of = adapter_stacks(model)
         self.stacks = sorted(set(self.stack_of.values()))
         self.layers: dict[str, LayerActivations] = {}
         self.finals: dict[str, Tensor] = {}
@@ -165,15 +171,20 @@ class ActivationCapture:
 
     def _adapter_hook(self, path: str) -> Any:
         def hook(module: MixPHMAdapter, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            self.layers[path] = LayerActivations(self.stack_of[path], inputs[0], output)
+            stack = self.stack_of[path]
+            self.layers[path] = LayerActivations(stack, batched(inputs[0]), batched(output))
 
         return hook
 
     def _stack_hook(self, stack: str) -> Any:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            self.finals[stack] = _first_tensor(output)
+            self.finals[stack] = batched(_first_tensor(output))
 
         return hook
+
+
+StackMasks = Mapping[str, Tensor | None]
+"""A (B, L) mask of valid tokens per stack path, or None where every token is valid."""
 
 
 class RedundancyRegularizer:
@@ -196,9 +207,10 @@ class RedundancyRegularizer:
         with self.capture.recording():
             yield
 
-    def loss(self, masks: Mapping[str, Tensor]) -> tuple[Tensor | float, dict[str, Tensor]]:
+    def loss(self, masks: StackMasks) -> tuple[Tensor | float, dict[str, Tensor]]:
         """(weighted loss, {"redundancy": mean L_red, "mutual_information": mean L_mi}), the
-        parts detached for logging (no host synchronisation here)."""
+        parts detached for logging (no host synchronisation here). ``masks`` holds a (B, L)
+        mask per stack, or None for a stack whose every token is valid (a vision tower)."""
         if self.capture is None:
             return 0.0, {}
         missing = [s for s in self.stacks if s not in masks]
@@ -209,21 +221,25 @@ class RedundancyRegularizer:
         layers = list(self.capture.layers.values())
         if not layers:
             raise RuntimeError("nothing was recorded: run the forward inside recording()")
+
+        def valid(layer: LayerActivations) -> Tensor:
+            mask = masks[layer.stack]
+            if mask is None:
+                return torch.ones(layer.h.shape[:2], dtype=torch.bool, device=layer.h.device)
+            return mask.bool()
+
         total: Tensor | float = 0.0
         parts = {}
         if self.config.alpha > 0:
             red = torch.stack(
-                [decorrelation_penalty(a.h_a, a.h, masks[a.stack], self.config.lam) for a in layers]
+                [decorrelation_penalty(a.h_a, a.h, valid(a), self.config.lam) for a in layers]
             ).mean()
             total = total + self.config.alpha * red
             parts["redundancy"] = red.detach()
         if self.config.beta > 0:
             finals = self.capture.finals
             mi = torch.stack(
-                [
-                    jsd_mutual_information_loss(a.h_a, finals[a.stack], masks[a.stack])
-                    for a in layers
-                ]
+                [jsd_mutual_information_loss(a.h_a, finals[a.stack], valid(a)) for a in layers]
             ).mean()
             total = total + self.config.beta * mi
             parts["mutual_information"] = mi.detach()

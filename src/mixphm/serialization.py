@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +12,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from mixphm.adapter import MixPHMAdapter
 from mixphm.config import MixPHMConfig
-from mixphm.inject import adapter_config, adapter_router, add_mixphm, mixphm_adapters
+from mixphm.inject import (
+    CONFIG_ATTRIBUTE,
+    adapter_config,
+    adapter_router,
+    attach,
+    merge_experts,
+    mixphm_adapters,
+    plan_adapters,
+)
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -21,8 +32,13 @@ RULE_KEY = "rule.S"
 
 def adapter_state(model: nn.Module) -> dict[str, Tensor]:
     """Every adapter tensor under its model path; the shared rule tensor once, as ``rule.S``."""
+    return named_adapter_state(mixphm_adapters(model))
+
+
+def named_adapter_state(adapters: Iterable[tuple[str, MixPHMAdapter]]) -> dict[str, Tensor]:
+    """``adapter_state`` of (path, adapter) pairs, attached to a model or only planned."""
     state: dict[str, Tensor] = {}
-    for path, adapter in mixphm_adapters(model):
+    for path, adapter in adapters:
         for name, param in adapter.named_parameters(remove_duplicate=False):
             if name.endswith(RULE_KEY):
                 state[RULE_KEY] = param
@@ -73,11 +89,20 @@ def _listing(keys: set[str]) -> str:
     return ", ".join(shown) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
 
 
+SETTINGS = ("routing_seed", "dropout", "merge", "activation")
+"""MixPHMConfig fields that leave the weights' shapes and places alone: an adapter file that
+differs from the model's adapters only in these loads, and its values are taken."""
+
+
 def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     """Load a saved adapter into ``model`` (adding the adapters first if it has none).
 
-    Raises a ValueError naming the mismatch when the model's class, adapter config, adapter
-    positions or tensor shapes differ from the saved ones. Only safetensors is read.
+    Everything is checked before the model is changed: a ValueError names the mismatch when
+    the model's class, the adapter config's shape-defining fields, the adapter positions or
+    the tensor shapes differ from the saved ones, and the model is left as it was. Where
+    the model already has adapters that differ only in ``SETTINGS`` (routing seed, dropout,
+    merge mode, nonlinearity), the file's values are applied, with a warning that says so.
+    Only safetensors is read.
     """
     directory = Path(directory)
     meta = _read_meta(directory)
@@ -85,22 +110,48 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     if saved_class != model_class:
         raise ValueError(f"adapter in {directory} was trained on {saved_class}, not {model_class}")
     config = MixPHMConfig.from_dict(meta["config"])
-    if not any(True for _ in mixphm_adapters(model)):
-        add_mixphm(model, config)
-    elif adapter_config(model) != config:
+    attached = any(True for _ in mixphm_adapters(model))
+    plan = None if attached else plan_adapters(model, config)
+    changed: dict[str, tuple[Any, Any]] = {}
+    if attached:
         current = adapter_config(model).to_dict()
-        differing = [k for k, v in config.to_dict().items() if current[k] != v]
-        raise ValueError(
-            f"adapter in {directory} has a different config: {', '.join(differing)} differ"
-        )
-
+        differing = {k: (current[k], v) for k, v in config.to_dict().items() if current[k] != v}
+        structural = [k for k in differing if k not in SETTINGS]
+        if structural:
+            raise ValueError(
+                f"adapter in {directory} has a different config: {', '.join(structural)} differ"
+            )
+        changed = differing
     try:
         saved = load_file(str(directory / WEIGHTS_FILE))
     except Exception as error:  # safetensors raises its own error types for a bad header
         raise ValueError(
             f"{directory / WEIGHTS_FILE} is not a readable safetensors file: {error}"
         ) from None
-    state = adapter_state(model)
+    state = adapter_state(model) if plan is None else named_adapter_state(plan.named_adapters())
+    check_fits(saved, state, f"adapter in {directory} does not fit this {model_class}")
+
+    if plan is not None:
+        attach(model, plan)
+    elif changed:
+        setattr(model, CONFIG_ATTRIBUTE, config)
+        for _, adapter in mixphm_adapters(model):
+            adapter.configure(config)
+        warnings.warn(
+            f"load_adapter: took {', '.join(f'{k}={new!r}' for k, (_, new) in changed.items())}"
+            f" from {directory} (the model's adapters had "
+            f"{', '.join(f'{k}={old!r}' for k, (old, _) in changed.items())})",
+            stacklevel=2,
+        )
+    with torch.no_grad():
+        for key, param in state.items():
+            param.copy_(saved[key])
+    adapter_router(model).load_state_dict(meta["routing"])
+    return merge_experts(model)
+
+
+def check_fits(saved: dict[str, Tensor], state: dict[str, Tensor], context: str) -> None:
+    """Raise ValueError unless ``saved`` has exactly ``state``'s keys and shapes."""
     missing, unexpected = set(state) - set(saved), set(saved) - set(state)
     if missing or unexpected:
         problems = []
@@ -108,17 +159,10 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
             problems.append(f"missing from the file: {_listing(missing)}")
         if unexpected:
             problems.append(f"not in this model: {_listing(unexpected)}")
-        raise ValueError(
-            f"adapter in {directory} does not fit this {model_class}: " + "; ".join(problems)
-        )
+        raise ValueError(f"{context}: " + "; ".join(problems))
     for key, param in state.items():
         if saved[key].shape != param.shape:
             raise ValueError(
-                f"adapter in {directory} does not fit this {model_class}: {key} has shape "
-                f"{tuple(saved[key].shape)} in the file but {tuple(param.shape)} in the model"
+                f"{context}: {key} has shape {tuple(saved[key].shape)} in the file but "
+                f"{tuple(param.shape)} in the model"
             )
-    with torch.no_grad():
-        for key, param in state.items():
-            param.copy_(saved[key])
-    adapter_router(model).load_state_dict(meta["routing"])
-    return model

@@ -30,8 +30,11 @@ from PIL import Image
 from torch import Tensor, nn
 
 from mixphm.backbones.generation import IGNORED, Decoding, pad_rows, score_weighted_answer_loss
+from mixphm.regularization import StackMasks, adapter_stacks
 
 FAMILIES = ("blip", "idefics3", "paligemma", "qwen2_vl", "smolvlm")
+VISION_TOWERS = {"vision_model", "vision_tower", "visual"}
+"""Module names under which the supported families keep their vision encoder."""
 SUFFIX_TOKEN_TYPE = {"token_type_ids": 1, "mm_token_type_ids": 0}
 """Per-token inputs that processors return besides the ids, and their value on appended
 answer tokens: PaliGemma's prefix-LM types (suffix = 1), Qwen2-VL's modality types (text)."""
@@ -152,14 +155,16 @@ class HFVisionQA:
         questions: Sequence[str],
         answers: Sequence[str],
         scores: Tensor,
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """(Σ_b score_b · mean answer-token cross-entropy_b / B, no stack masks). BLIP's
-        label smoothing, part of its own loss, is kept."""
+    ) -> tuple[Tensor, StackMasks]:
+        """(Σ_b score_b · mean answer-token cross-entropy_b / B, the token mask of each
+        stack that holds adapters, ``stack_masks``). BLIP's label smoothing, part of its own
+        loss, is kept."""
         inputs = self.training_inputs(images, questions, answers)
         labels = inputs.pop("labels")
         device = next(self.model.parameters()).device
+        inputs = {k: v.to(device) for k, v in inputs.items()}
         with self._answer_logits(model) as captured:
-            outputs = model(**{k: v.to(device) for k, v in inputs.items()})
+            outputs = model(**inputs)
         logits = captured[0] if captured else outputs.logits  # (B, T, V)
         smoothing = self.model.config.text_config.label_smoothing if self.family == "blip" else 0.0
         loss = score_weighted_answer_loss(
@@ -168,7 +173,23 @@ class HFVisionQA:
             scores,
             smoothing,
         )
-        return loss, {}
+        return loss, self.stack_masks(inputs)
+
+    def stack_masks(self, inputs: dict[str, Tensor]) -> dict[str, Tensor | None]:
+        """The valid tokens of each stack of ``self.model`` that holds adapters (what the
+        redundancy regularizer averages over), from ``training_inputs``: a text stack sees
+        the prompt, image tokens included, and the answer, the padding of both excluded
+        (BLIP's decoder: its answer tokens); a vision tower sees every patch (None)."""
+        masks: dict[str, Tensor | None] = {}
+        for stack in set(adapter_stacks(self.model).values()):
+            parts = set(stack.split("."))
+            if parts & VISION_TOWERS:
+                masks[stack] = None
+            elif "text_decoder" in parts:
+                masks[stack] = inputs["decoder_attention_mask"].bool()
+            else:
+                masks[stack] = inputs["attention_mask"].bool()
+        return masks
 
     @contextmanager
     def _answer_logits(self, model: Any) -> Iterator[list[Tensor]]:

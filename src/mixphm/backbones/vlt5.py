@@ -36,6 +36,7 @@ from mixphm.backbones.generation import (
     score_weighted_answer_loss,
 )
 from mixphm.data.examples import RegionFeatures
+from mixphm.regularization import StackMasks
 
 VQA_PROMPT = "vqa: {question}"
 VISUAL_SENTINELS = 100
@@ -362,7 +363,7 @@ class VLT5VQA:
         questions: Sequence[str],
         answers: Sequence[str],
         scores: Tensor,
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    ) -> tuple[Tensor, StackMasks]:
         """(Σ_b score_b · mean-token CE_b / B, valid-token masks of the encoder and decoder)."""
         inputs = self.inputs(visuals, questions)
         labels, label_mask = self._encode(answers, self.max_answer_tokens)

@@ -19,21 +19,10 @@ from torch import nn
 
 from mixphm.config import Activation, MixPHMConfig
 from mixphm.inject import add_mixphm
+from mixphm.placement import feedforward_targets, ia3_attention_targets, lora_targets
 from mixphm.regularization import RedundancyConfig
 from mixphm.training.choices import ADAPTER_METHODS as ADAPTER_METHODS
 from mixphm.training.choices import METHODS as METHODS
-
-# Module names, per architecture: BERT (the offline backbone's text side) | T5 (VL-T5) |
-# Llama-style language models of the Hugging Face VLMs.
-LORA_TARGETS = (
-    r".*\.(attention\.self\.(query|value)|(SelfAttention|EncDecAttention)\.(q|v)"
-    r"|self_attn\.(q_proj|v_proj))$"
-)
-IA3_FEEDFORWARD = r".*\.(layer\.\d+\.output\.dense|DenseReluDense\.wo|mlp\.down_proj)$"
-IA3_TARGETS = (
-    r".*\.(attention\.self\.(key|value)|(SelfAttention|EncDecAttention)\.(k|v)"
-    r"|self_attn\.(k_proj|v_proj)|layer\.\d+\.output\.dense|DenseReluDense\.wo|mlp\.down_proj)$"
-)
 
 
 @dataclass(frozen=True)
@@ -117,9 +106,13 @@ def apply_method(
             config = LoraConfig(
                 r=settings.extra["rank"],
                 lora_alpha=settings.extra["alpha"],
-                target_modules=LORA_TARGETS,
+                target_modules=lora_targets(model),
             )
         else:
-            config = IA3Config(target_modules=IA3_TARGETS, feedforward_modules=IA3_FEEDFORWARD)
+            feedforward = feedforward_targets(model)
+            config = IA3Config(
+                target_modules=ia3_attention_targets(model) + feedforward,
+                feedforward_modules=feedforward,
+            )
         return inject_adapter_in_model(config, model)
     raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")

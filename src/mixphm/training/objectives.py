@@ -24,6 +24,7 @@ from torch import Tensor
 from mixphm.backbones.generation import Decoding
 from mixphm.data.examples import VQADataset, VQAExample
 from mixphm.inject import merge_experts, mixphm_adapters
+from mixphm.regularization import StackMasks
 from mixphm.training.data import Candidates, EncodedSplit
 
 ENCODER_STACK = "text.encoder"
@@ -46,9 +47,7 @@ class Objective(Protocol):
     answer_set: tuple[str, ...] | None
     """The fixed answers a model chooses from (saved with a run), or None if open."""
 
-    def loss(
-        self, model: Any, split: Any, rows: Tensor, epoch: int
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, model: Any, split: Any, rows: Tensor, epoch: int) -> tuple[Tensor, StackMasks]:
         """(answer loss, valid-token mask (B, L) per adapted stack) of these training rows;
         ``model`` is the (possibly DDP-wrapped) model to call."""
         ...
@@ -79,7 +78,7 @@ class CandidateScoring:
 
     def loss(
         self, model: Any, split: EncodedSplit, rows: Tensor, epoch: int
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    ) -> tuple[Tensor, StackMasks]:
         device = next(model.parameters()).device
         ids, mask, visual, targets = (t.to(device) for t in split.batch(rows))
         answers = self.candidates.ids.to(device), self.candidates.mask.to(device)
@@ -119,7 +118,7 @@ class GenerativeVQA(Protocol):
         questions: Sequence[str],
         answers: Sequence[str],
         scores: Tensor,
-    ) -> tuple[Tensor, dict[str, Tensor]]: ...
+    ) -> tuple[Tensor, StackMasks]: ...
 
     def answer(
         self, visuals: Sequence[Any], questions: Sequence[str], decoding: Decoding | None = None
@@ -161,7 +160,7 @@ class AnswerGeneration:
 
     def loss(
         self, model: Any, split: VQADataset, rows: Tensor, epoch: int
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    ) -> tuple[Tensor, StackMasks]:
         examples = [split.examples[i] for i in rows.tolist()]
         targets = [draw_target(e, self.seed, epoch) for e in examples]
         return self.vqa.training_loss(
