@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, fields
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -280,6 +281,28 @@ def write_summary(
     return path
 
 
+HIGHLIGHTED = {"mixphm": "tab:red", "full": "tab:blue"}
+"""The two methods the paper's claim compares, drawn bold among the baselines."""
+MUTED = {
+    "adamix": "#b39ddb",
+    "bitfit": "#a1887f",
+    "compacter": "#f48fb1",
+    "houlsby": "#80cbc4",
+    "ia3": "#bdbdbd",
+    "lora": "#ffcc80",
+    "mixphm-ra": "#ef9a9a",
+    "pfeiffer": "#9fa8da",
+}
+"""Pale colours for the baselines (variants and unknown names: grey)."""
+
+
+def line_style(method: str) -> dict[str, Any]:
+    """Bold and coloured for MixPHM and full fine-tuning, thin and pale for the others."""
+    if method in HIGHLIGHTED:
+        return {"color": HIGHLIGHTED[method], "linewidth": 2.5, "zorder": 3}
+    return {"color": MUTED.get(method, "0.6"), "linewidth": 1.0, "zorder": 2}
+
+
 def plot(
     results: list[RunResult],
     out: Path,
@@ -311,6 +334,7 @@ def plot(
             marker="o",
             capsize=3,
             label=method,
+            **line_style(method),
         )
     axes.set_xscale("log")
     all_ks = sorted({k for per_k in by_method.values() for k in per_k})
@@ -331,9 +355,21 @@ def plot(
     for method, per_k in sorted(by_method.items()):
         if k_for_params in per_k:
             mean, std = mean_std(per_k[k_for_params])
-            axes.errorbar([share[method]], [mean], yerr=[std], marker="o", capsize=3)
-            axes.annotate(method, (share[method], mean), textcoords="offset points", xytext=(5, 5))
+            style = line_style(method)
+            axes.errorbar(
+                [share[method]], [mean], yerr=[std], marker="o", capsize=3, label=method, **style
+            )
+            if method in HIGHLIGHTED:
+                axes.annotate(
+                    method,
+                    (share[method], mean),
+                    textcoords="offset points",
+                    xytext=(6, -12),
+                    color=style["color"],
+                    fontweight="bold",
+                )
     axes.set_xscale("log")
+    axes.legend(fontsize=8, ncol=2)
     axes.set_xlabel("trainable parameters (% of the model)")
     axes.set_ylabel("test accuracy (%)")
     axes.set_title(f"{dataset}, {backbone} backbone, k = {k_for_params}")
