@@ -155,6 +155,9 @@ def test_the_paper_recipe_validates_every_10_epochs_and_after_the_last(tmp_path,
     assert evaluated == [9, 19, 24] and result.epochs == 25
     saved = checkpoint.load(tmp_path / "pfeiffer" / "checkpoint.pt")["state"]
     assert saved["dev_history"] == [50.0] * 3 and len(saved["train_loss"]) == 25
+    history = json.loads((tmp_path / "pfeiffer" / recipe.HISTORY_FILE).read_text())
+    assert history["dev_epochs"] == [10, 20, 25] and history["dev_accuracy"] == [50.0] * 3
+    assert history["train_loss"] == saved["train_loss"]
 
 
 def test_the_paper_recipe_keeps_the_later_of_equal_dev_scores(tmp_path, monkeypatch):

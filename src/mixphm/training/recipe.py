@@ -43,6 +43,7 @@ from mixphm.training.recipes import DEFAULT_RECIPE, LEGACY_RECIPE, Recipe, get_r
 BEST_FILE = "best.safetensors"
 """The best-dev trainable weights of a finished run (what ``mixphm predict`` loads)."""
 PREDICTIONS_FILE = "test_predictions.json"
+HISTORY_FILE = "history.json"
 """A finished run's test answers, question id → answer (what ``mixphm breakdown`` reads)."""
 
 
@@ -369,8 +370,20 @@ def train(
         if objective.answer_set is not None:
             write_json_atomic(list(objective.answer_set), run_dir / "answers.json")
         write_predictions(test_split, test_predictions, run_dir)
+        write_json_atomic(training_history(state, recipe, max_epochs), run_dir / HISTORY_FILE)
         write_json_atomic(asdict(result), run_dir / "result.json")
     return result
+
+
+def training_history(state: TrainState, recipe: Recipe, max_epochs: int) -> dict[str, Any]:
+    """The dev curve (the 1-based epochs after which dev was scored, and the scores) and
+    every epoch's mean training loss: what a run's selection saw, kept beside its result."""
+    dev_epochs = [e + 1 for e in range(state.epoch) if recipe.evaluates_after(e, max_epochs)]
+    return {
+        "dev_epochs": dev_epochs,
+        "dev_accuracy": state.dev_history,
+        "train_loss": state.train_loss,
+    }
 
 
 def write_predictions(split: Split, predicted: list[str], run_dir: Path) -> None:
