@@ -5,6 +5,8 @@ The backend is ``aot_eager``: dynamo captures the forward, AOT autograd the back
 both run without inductor's code generation, so the checks stay fast on the CPU and count
 exactly what a GPU user's compile would (graphs, breaks, recompiles)."""
 
+import itertools
+
 import pytest
 import torch
 from tiny_models import t5, tiny_candidates, tiny_split, tiny_vlm
@@ -82,7 +84,7 @@ def test_training_compiles_once_while_the_routed_experts_change(name):
         optimizer.step()
         routes.append(router.choices.clone())
         losses.append(value.item())
-    moves = sum(not torch.equal(a, b) for a, b in zip(routes, routes[1:]))
+    moves = sum(not torch.equal(a, b) for a, b in itertools.pairwise(routes))
     assert moves > STEPS // 2  # the choices changed nearly every step
     assert counter.frame_count == 1, "recompiled while training"
     assert not counters["graph_break"], dict(counters["graph_break"])
