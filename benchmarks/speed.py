@@ -2,6 +2,14 @@
 
     python benchmarks/speed.py --output benchmarks/results/cpu.json            # VL-T5 sized
     python benchmarks/speed.py --backbone offline --output benchmarks/results/cpu-offline.json
+    python benchmarks/speed.py --compile --output benchmarks/results/cpu-compiled.json
+    python benchmarks/speed.py --cuda-graphs --dtype bfloat16 --output h200-graphs.json  # GPU
+
+``--compile`` compiles every model's forward (``mixphm.compile_forward``: MixPHM's routing
+hook stays outside the graph, so forward and backward are one graph each) and the PHM
+layer micro-benchmark's functions; ``--cuda-graphs`` does the same with torch.compile's
+"reduce-overhead" mode, which replays each graph as a captured CUDA graph (on the CPU it
+is plain compilation).
 
 The VL-T5-sized backbone is T5-base with random weights (timing does not need trained ones):
 20 text tokens and 36 visual tokens enter the encoder as embeddings, batch 16, 8 answer
@@ -30,7 +38,7 @@ import torch.nn.functional as F
 import transformers as tf
 from torch import Tensor, nn
 
-from mixphm import MixPHMConfig, add_mixphm, merge_experts
+from mixphm import MixPHMConfig, add_mixphm, compile_forward, merge_experts
 from mixphm.optim import ExpertAdamW, adamw, routed_parameters
 from mixphm.phm import PHMProjection, PHMRule
 
@@ -185,39 +193,48 @@ def naive_phm_forward(x: Tensor, rule: Tensor, left: Tensor, right: Tensor, bias
     return x @ weight + bias
 
 
-def phm_layer(device: torch.device, dtype: torch.dtype, warmup: int, reps: int) -> dict[str, float]:
+def phm_layer(
+    device: torch.device,
+    dtype: torch.dtype,
+    warmup: int,
+    reps: int,
+    compiled: Callable[[Callable[..., Tensor]], Callable[..., Tensor]] = lambda fn: fn,
+) -> dict[str, float]:
     """768 → 64, n = 4, rank 8, 16 × 56 tokens: forward + backward, and cached inference.
     Also a dense layer of the same shape whose weight is a parameter: the floor of any
-    implementation that multiplies by the full weight."""
+    implementation that multiplies by the full weight. Every forward goes through
+    ``compiled`` (identity: eager)."""
     torch.manual_seed(0)
     rule = PHMRule(4).to(device, dtype)
     projection = PHMProjection(768, 64, 1, 4, 8, rule).to(device, dtype)
     x = torch.randn(16 * 56, 768, device=device, dtype=dtype)
     left, right, bias = projection.left[0], projection.right[0], projection.bias[0]
 
-    def ours_train() -> None:
-        weight_t, b = projection.expert(0)
-        F.linear(x, weight_t, b).sum().backward()
-
-    def naive_train() -> None:
-        naive_phm_forward(x, rule.S, left, right, bias).sum().backward()
-
+    ours_forward = compiled(lambda: F.linear(x, *projection.expert(0)).sum())
+    naive_forward = compiled(lambda: naive_phm_forward(x, rule.S, left, right, bias).sum())
     dense_weight = nn.Parameter(torch.randn(64, 768, device=device, dtype=dtype) / 768**0.5)
     dense_bias = nn.Parameter(torch.zeros(64, device=device, dtype=dtype))
-
-    def dense_train() -> None:
-        F.linear(x, dense_weight, dense_bias).sum().backward()
-
+    dense_forward = compiled(lambda: F.linear(x, dense_weight, dense_bias).sum())
     with torch.no_grad():
         cached_weight, cached_bias = projection.merged("factors")
+    cached_forward = compiled(lambda: F.linear(x, cached_weight, cached_bias))
+
+    def ours_train() -> None:
+        ours_forward().backward()
+
+    def naive_train() -> None:
+        naive_forward().backward()
+
+    def dense_train() -> None:
+        dense_forward().backward()
 
     def ours_infer() -> None:
         with torch.no_grad():
-            F.linear(x, cached_weight, cached_bias)
+            cached_forward()
 
     def naive_infer() -> None:
         with torch.no_grad():
-            naive_phm_forward(x, rule.S, left, right, bias)
+            naive_forward()
 
     naive = naive_phm_forward(x, rule.S, left, right, bias).float()
     ours = F.linear(x, *projection.expert(0)).float()
@@ -268,8 +285,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument(
-        "--compile", action="store_true", help="torch.compile every model before timing it"
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument(
+        "--compile", action="store_true", help="torch.compile every forward before timing it"
+    )
+    modes.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help='torch.compile with mode="reduce-overhead": CUDA graphs on a GPU',
     )
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -279,9 +302,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         workload = t5_workload(device, dtype, tiny=args.backbone == "tiny")
 
+    options: dict[str, Any] | None = None
+    if args.compile or args.cuda_graphs:
+        options = {"mode": "reduce-overhead"} if args.cuda_graphs else {}
+
     def prepared(method: str) -> nn.Module:
         model = with_method(workload, method)
-        return torch.compile(model) if args.compile else model  # type: ignore[return-value]
+        return model if options is None else compile_forward(model, **options)
+
+    def compiled(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        return fn if options is None else torch.compile(fn, **options)
 
     timings: dict[str, float] = {}
     for method in ("mixphm", "lora", "pfeiffer", "full", "floor"):
@@ -306,11 +336,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"peak_bytes_{m}": training_bytes(workload, with_method(workload, m), device)
         for m in ("mixphm", "full")
     }
-    timings |= phm_layer(device, dtype, args.warmup, max(args.reps, 20))
+    timings |= phm_layer(device, dtype, args.warmup, max(args.reps, 20), compiled)
     timings |= optimizer_step(workload, device, args.warmup, max(args.reps, 20))
     ratios = {
         "train_mixphm_over_lora": timings["train_mixphm_ms"] / timings["train_lora_ms"],
         "train_mixphm_over_full": timings["train_mixphm_ms"] / timings["train_full_ms"],
+        "train_mixphm_over_pfeiffer": timings["train_mixphm_ms"] / timings["train_pfeiffer_ms"],
         "train_mixphm_over_floor": timings["train_mixphm_ms"] / timings["train_floor_ms"],
         "infer_merged_over_adapter": timings["infer_mixphm_ms"] / timings["infer_pfeiffer_ms"],
         "infer_merged_over_base": timings["infer_mixphm_ms"] / timings["infer_base_ms"],
@@ -335,7 +366,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "backbone": args.backbone,
         "dtype": args.dtype,
-        "compiled": args.compile,
+        "compiled": options is not None,
+        "cuda_graphs": args.cuda_graphs,
         "ratios": ratios,
         "timings_ms": timings,
         "memory_bytes": memory,

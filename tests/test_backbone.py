@@ -1,5 +1,7 @@
 """The offline default backbone: built from the packaged weights, offline."""
 
+import threading
+
 import pytest
 import torch
 from PIL import Image
@@ -8,7 +10,7 @@ from mixphm import add_mixphm, mixphm_adapters
 from mixphm.assets import load_minilm
 from mixphm.backbones.offline_vlm import OfflineVLM, prompt
 from mixphm.backbones.text import encode_candidates, encode_prompts
-from mixphm.backbones.vision import GridFeatureExtractor
+from mixphm.backbones.vision import GridFeatureExtractor, cached_grid_features
 from mixphm.training.methods import apply_method
 
 
@@ -17,6 +19,37 @@ def test_grid_features_from_the_packaged_image_encoder():
     features = GridFeatureExtractor()(images)
     assert features.shape == (2, 16, 1280)
     assert not torch.allclose(features[0], features[1])  # red and blue differ
+
+
+class CountingExtractor(GridFeatureExtractor):
+    """The packaged extractor, counting the images it encodes."""
+
+    def __init__(self) -> None:
+        super().__init__(batch_size=2)
+        self.encoded = 0
+
+    def __call__(self, images):
+        self.encoded += len(images)
+        return super().__call__(images)
+
+
+def test_processes_asking_for_the_same_features_at_once_compute_them_once(tmp_path):
+    colours = {"red": (200, 30, 30), "blue": (30, 30, 200), "green": (30, 200, 30)}
+    extractor = CountingExtractor()
+    results = []
+
+    def ask() -> None:  # each call opens its own lock, as a separate process does
+        load = lambda name: Image.new("RGB", (64, 64), colours[name])  # noqa: E731
+        results.append(cached_grid_features(list(colours), load, tmp_path / "f", extractor))
+
+    askers = [threading.Thread(target=ask) for _ in range(2)]
+    for asker in askers:
+        asker.start()
+    for asker in askers:
+        asker.join()
+    assert extractor.encoded == len(colours)
+    assert all(torch.equal(results[0][name], results[1][name]) for name in colours)
+    assert [p.suffix for p in sorted(tmp_path.iterdir())] == [".lock", ".safetensors"]
 
 
 def packaged_batch():

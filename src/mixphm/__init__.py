@@ -9,13 +9,20 @@ if TYPE_CHECKING:
     from mixphm.adapter import MixPHMAdapter
     from mixphm.config import MixPHMConfig
     from mixphm.evaluation import vqa_accuracy
-    from mixphm.inject import add_mixphm, merge_experts, mixphm_adapters, parameter_counts
+    from mixphm.inject import (
+        add_mixphm,
+        compile_forward,
+        merge_experts,
+        mixphm_adapters,
+        parameter_counts,
+    )
     from mixphm.serialization import load_adapter, save_adapter
 
 _HOMES = {
     "MixPHMAdapter": "mixphm.adapter",
     "MixPHMConfig": "mixphm.config",
     "add_mixphm": "mixphm.inject",
+    "compile_forward": "mixphm.inject",
     "load_adapter": "mixphm.serialization",
     "merge_experts": "mixphm.inject",
     "mixphm_adapters": "mixphm.inject",
@@ -28,6 +35,7 @@ __all__ = [
     "MixPHMAdapter",
     "MixPHMConfig",
     "add_mixphm",
+    "compile_forward",
     "load_adapter",
     "merge_experts",
     "mixphm_adapters",

@@ -94,7 +94,8 @@ class MixPHMAdapter(nn.Module):
     def forward(self, h: Tensor) -> Tensor:
         if self.training:
             down_w, down_b = self.down.expert(0)
-            up_w, up_b = self.up.expert(self.router.choices[self.router_slot])
+            choice = self.router.choices.index_select(0, self.router_slot.view(1))
+            up_w, up_b = self.up.expert(choice)
         elif torch.is_grad_enabled():
             down_w, down_b, up_w, up_b = self._build_merged()
         else:

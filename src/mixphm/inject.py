@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from mixphm.adapter import MixPHMAdapter
@@ -107,6 +108,19 @@ def add_mixphm(model: nn.Module, config: MixPHMConfig | None = None) -> nn.Modul
     device of the layer they follow; they compute in the dtype of the hidden states.
     """
     return attach(model, plan_adapters(model, config or MixPHMConfig()))
+
+
+def compile_forward(model: nn.Module, **options: Any) -> nn.Module:
+    """Compile ``model.forward`` with ``torch.compile(**options)`` and return the model.
+
+    The routing hook (host code: each training forward's expert choices, written in place
+    into the router's device tensor) stays outside the compiled graph, so the forward and
+    its backward compile as one graph (``fullgraph=True`` holds) that routes by reading that
+    tensor, and a captured CUDA graph reads each step's choices. ``torch.compile(model)``
+    also works, with one graph break at the hook.
+    """
+    model.forward = torch.compile(model.forward, **options)  # type: ignore[method-assign]
+    return model
 
 
 def _attached(model: nn.Module, attribute: str) -> Any:

@@ -11,9 +11,12 @@ The routing record is cleared by ``step`` and by ``zero_grad``, so a step that a
 ``GradScaler`` skips (inf/nan gradients under fp16) does not carry its expert into the
 next step. Call ``zero_grad`` before the forward pass, not between forward and backward.
 
-A step reads the routing record to the host once (one sync per device) and updates the
-routed experts' slices with the plain parameters by multi-tensor (``torch._foreach_*``)
-operations: about fifteen calls per parameter group instead of twenty per tensor.
+A step never reads the routing record to the host: it runs AdamW on every expert by
+multi-tensor (``torch._foreach_*``) operations and then restores, with ``torch.where`` on
+the device-side record, the tensors and step counts of the experts that were not routed.
+So a step on a GPU queues its kernels without waiting for the device (only the very first
+step syncs, to check that the record was kept), and the routed experts' values are those
+of the per-tensor update that produced the committed results, bit for bit.
 """
 
 from __future__ import annotations
@@ -59,9 +62,8 @@ class ExpertAdamW(torch.optim.Optimizer):
                 loss = closure()
         if not self._order_checked:
             self._check_routing_recorded()
-        routed = self._routed_experts()
         for group in self.param_groups:
-            self._update(group, routed)
+            self._update(group)
         self._clear_routing()
         return loss
 
@@ -91,40 +93,27 @@ class ExpertAdamW(torch.optim.Optimizer):
             )
         self._order_checked = True
 
-    def _routed_experts(self) -> dict[PHMProjection, list[int]]:
-        """The experts each projection routed since the last step: one host sync per device."""
-        by_device: dict[torch.device, list[PHMProjection]] = {}
-        for projection in self._projections:
-            by_device.setdefault(projection.routed.device, []).append(projection)
-        routed = {}
-        for projections in by_device.values():
-            flags = iter(torch.cat([p.routed for p in projections]).tolist())
-            for projection in projections:
-                chosen = [next(flags) for _ in range(projection.num_experts)]
-                routed[projection] = [e for e, used in enumerate(chosen) if used]
-        return routed
-
-    def _update(self, group: dict[str, Any], routed: Mapping[PHMProjection, list[int]]) -> None:
-        """AdamW on the group's plain parameters and the routed experts' slices of its stacked
-        ones, each slice with its own step count: one multi-tensor call per operation.
+    def _update(self, group: dict[str, Any]) -> None:
+        """AdamW on the group's tensors, stacked experts whole, by one multi-tensor call per
+        operation; then each stacked tensor's unrouted experts get their values and step
+        counts back, so each expert's state moves only in the steps that routed it.
 
         The operations and their order are those of the per-tensor update that produced the
         committed results, so those stay reproducible bit for bit (a test pins this)."""
         columns: tuple[list[Tensor], ...] = ([], [], [], [], [])
+        unrouted: list[tuple[Tensor, list[Tensor], list[Tensor]]] = []
         for param in group["params"]:
             if param.grad is None:
                 continue
             state = self._state(param)
             tensors = (param, param.grad, state["exp_avg"], state["exp_avg_sq"], state["step"])
+            for column, tensor in zip(columns, tensors, strict=True):
+                column.append(tensor)
             projection = self.experts.get(param)
-            rows = (
-                [tensors]
-                if projection is None
-                else [[tensor[e] for tensor in tensors] for e in routed[projection]]
-            )
-            for row in rows:
-                for column, tensor in zip(columns, row, strict=True):
-                    column.append(tensor)
+            if projection is not None:
+                updated = [param, state["exp_avg"], state["exp_avg_sq"], state["step"]]
+                routed = projection.routed.view(-1, *[1] * (param.dim() - 1))
+                unrouted.append((routed, updated, [t.clone() for t in updated]))
         params, grads, exp_avgs, exp_avg_sqs, steps = columns
         if not params:
             return
@@ -147,6 +136,9 @@ class ExpertAdamW(torch.optim.Optimizer):
             torch._foreach_add_(update, torch._foreach_mul(params, group["weight_decay"]))
         torch._foreach_mul_(update, group["lr"])
         torch._foreach_sub_(params, update)
+        for routed, updated, before in unrouted:
+            for tensor, old in zip(updated, before, strict=True):
+                tensor.copy_(torch.where(routed, tensor, old))
 
     def _state(self, param: Tensor) -> dict[str, Tensor]:
         state: dict[str, Tensor] = self.state[param]

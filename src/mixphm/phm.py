@@ -118,13 +118,15 @@ class PHMProjection(nn.Module):
         """Weightᵀ (d_out, d_in) and bias (d_out,) of one expert.
 
         A routed ``index`` is a 0-dim long tensor on the parameters' device, so the choice
-        never leaves the device and the graph is the same for every expert.
+        never leaves the device and the graph is the same for every expert: the expert is
+        gathered (``index_select``), never read as a Python int.
         """
+        rows = torch.as_tensor(index, device=self.bias.device).view(1)
         if self.num_experts > 1 and torch.is_grad_enabled():
-            index_tensor = torch.as_tensor(index, device=self.routed.device).view(1)
-            self.routed.index_fill_(0, index_tensor, True)
-        chosen = tuple(f[index] for f in self.factors())
-        return phm_weight_t(self._blocks(chosen), self._rule()), self.bias[index]
+            self.routed.index_fill_(0, rows, True)
+        chosen = tuple(f.index_select(0, rows).squeeze(0) for f in self.factors())
+        bias = self.bias.index_select(0, rows).squeeze(0)
+        return phm_weight_t(self._blocks(chosen), self._rule()), bias
 
     def merged(self, mode: str) -> tuple[Tensor, Tensor]:
         """Weightᵀ (d_out, d_in) and bias (d_out,) of the expert average.

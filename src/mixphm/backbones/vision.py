@@ -9,6 +9,7 @@ Like VL-T5's detector features, these are computed once per image and cached.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 from collections.abc import Callable, Sequence
@@ -76,10 +77,28 @@ def cached_grid_features(
     extractor: GridFeatureExtractor | None = None,
 ) -> dict[str, Tensor]:
     """Grid features (16, 1280) per image id, computed once and kept in ``cache_file``
-    (float16 safetensors, keyed by a hash of the id list so a different set recomputes)."""
+    (float16 safetensors, keyed by a hash of the id list so a different set recomputes).
+
+    Processes that ask for the same features at once (a benchmark's workers) compute them
+    once: the first holds a lock file beside the cache while it computes, the others wait
+    for it and read its file."""
     ids = sorted(set(image_ids))
     digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
     path = cache_file.with_name(f"{cache_file.stem}-{digest}.safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        stacked = _read_or_compute(ids, load_image, path, extractor)
+    return dict(zip(ids, stacked.unbind(0), strict=True))
+
+
+def _read_or_compute(
+    ids: list[str],
+    load_image: Callable[[str], Image.Image],
+    path: Path,
+    extractor: GridFeatureExtractor | None,
+) -> Tensor:
+    """(len(ids), 16, 1280) float32: read from ``path``, or computed and written there."""
     if path.is_file():
         stacked = load_file(str(path))["features"].float()
     else:
@@ -91,9 +110,8 @@ def cached_grid_features(
         ):
             stacked_parts.append(extractor([load_image(i) for i in ids[start : start + batch]]))
         stacked = torch.cat(stacked_parts)
-        path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(".tmp")
         save_file({"features": stacked.half()}, str(temporary))
         temporary.replace(path)
         stacked = stacked.half().float()  # identical values whether computed or read back
-    return dict(zip(ids, stacked.unbind(0), strict=True))
+    return stacked
