@@ -12,6 +12,10 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH=src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 out="${OUT:-benchmarks/results}"
 speed() { python3 benchmarks/speed.py --dtype bfloat16 --reps 20 --warmup 5 "$@"; }
+if python3 -c "import pytest, torch; assert torch.cuda.is_available()" 2>/dev/null; then
+    # a captured CUDA graph reads each step's expert choices (skipped on CPU-only machines)
+    python3 -m pytest -q -p no:cacheprovider tests/test_compile.py -k captured_cuda_graph
+fi
 speed --output "$out/h200.json" "$@"
 speed --compile --output "$out/h200-compiled.json" "$@"
 speed --cuda-graphs --output "$out/h200-graphs.json" "$@"

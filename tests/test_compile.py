@@ -168,3 +168,38 @@ def test_the_router_writes_each_steps_choices_into_one_tensor():
         assert router.choices.data_ptr() == address
         expected = expert_choices(router.seed, step, router.num_layers, router.num_experts)
         assert torch.equal(router.choices, expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_a_captured_cuda_graph_reads_each_steps_choices():
+    """The forward captured once; each replay after the routing hook's in-place write
+    computes what an eager forward with that step's experts computes."""
+    built = t5()
+    model = add_mixphm(built.model, MixPHMConfig(reduction_factor=4, phm_dim=2))
+    model = without_dropout(model).cuda().train()
+    batch = {name: tensor.cuda() for name, tensor in built.batch.items()}
+    with torch.no_grad():  # distinct experts, so a stale choice shows in the output
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.5 * torch.randn_like(param))
+    router = adapter_router(model)
+    router.advance(torch.device("cuda"))
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.no_grad(), torch.cuda.stream(side):
+        for _ in range(3):  # warm-up before capture, as CUDA graphs require
+            model.forward(**batch)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        captured = model.forward(**batch).logits
+    outputs = []
+    for step in range(2, 8):
+        router.advance(torch.device("cuda"))  # what the hook does before each forward
+        graph.replay()
+        with torch.no_grad():
+            eager = model.forward(**batch).logits
+        assert router.step == step
+        torch.testing.assert_close(captured, eager)
+        outputs.append(captured.clone())
+    assert any(not torch.equal(a, b) for a, b in itertools.pairwise(outputs))
