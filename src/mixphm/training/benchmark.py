@@ -369,7 +369,8 @@ def plot(
                     fontweight="bold",
                 )
     axes.set_xscale("log")
-    axes.legend(fontsize=8, ncol=2)
+    if axes.has_data():  # empty when no method has a run at k_for_params
+        axes.legend(fontsize=8, ncol=2)
     axes.set_xlabel("trainable parameters (% of the model)")
     axes.set_ylabel("test accuracy (%)")
     axes.set_title(f"{dataset}, {backbone} backbone, k = {k_for_params}")
