@@ -119,13 +119,18 @@ class PHMProjection(nn.Module):
 
         A routed ``index`` is a 0-dim long tensor on the parameters' device, so the choice
         never leaves the device and the graph is the same for every expert: the expert is
-        gathered (``index_select``), never read as a Python int.
+        gathered (``index_select``), never read as a Python int. A fixed int ``index`` (the
+        shared down-projection's 0) is a plain view, whose backward is cheaper.
         """
         rows = torch.as_tensor(index, device=self.bias.device).view(1)
         if self.num_experts > 1 and torch.is_grad_enabled():
             self.routed.index_fill_(0, rows, True)
-        chosen = tuple(f.index_select(0, rows).squeeze(0) for f in self.factors())
-        bias = self.bias.index_select(0, rows).squeeze(0)
+        if isinstance(index, int):
+            chosen = tuple(f[index] for f in self.factors())
+            bias = self.bias[index]
+        else:
+            chosen = tuple(f.index_select(0, rows).squeeze(0) for f in self.factors())
+            bias = self.bias.index_select(0, rows).squeeze(0)
         return phm_weight_t(self._blocks(chosen), self._rule()), bias
 
     def merged(self, mode: str) -> tuple[Tensor, Tensor]:
