@@ -11,7 +11,7 @@ from tiny_processors import PROCESSORS
 
 from mixphm import MixPHMConfig, add_mixphm
 from mixphm.backbones.generation import IGNORED, Decoding, score_weighted_answer_loss
-from mixphm.backbones.hf_vlm import VISION_TOWERS, HFVisionQA
+from mixphm.backbones.hf_vlm import SUFFIX_TOKEN_TYPE, VISION_TOWERS, HFVisionQA
 from mixphm.inject import mixphm_adapters
 from mixphm.regularization import RedundancyConfig, RedundancyRegularizer, adapter_stacks
 
@@ -73,7 +73,22 @@ def test_a_few_mixphm_steps_lower_the_loss_and_answers_are_strings(family):
         assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
 
 
-@pytest.mark.parametrize("family", ["idefics3", "qwen2_vl", "paligemma"])
+@pytest.mark.parametrize("family", ["gemma3", "mllama", "paligemma", "qwen2_vl"])
+def test_answer_tokens_get_the_per_token_inputs_of_their_family(family):
+    """Appended answer tokens are PaliGemma's suffix, text for Gemma 3 and Qwen2-VL, and see
+    the image through Mllama's cross-attention as the prompt's last token does."""
+    vqa = tiny(family)
+    inputs = vqa.training_inputs(images(), QUESTIONS, ANSWERS)
+    ((key, value),) = SUFFIX_TOKEN_TYPE[vqa.family].items()
+    for row, answer in enumerate(inputs["labels"] != IGNORED):
+        last_prompt_token = inputs[key][row, answer.nonzero()[0] - 1]
+        expected = last_prompt_token if value is None else torch.tensor(value)
+        if value is None:
+            assert expected.any()
+        assert (inputs[key][row][answer] == expected).all()
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "blip"])
 def test_left_padding_leaves_each_answer_as_it_is_alone(family):
     vqa = tiny(family)
     vqa.model.eval()

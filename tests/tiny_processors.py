@@ -3,10 +3,15 @@ classes around a word-level tokenizer whose image token has the tiny models' id 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
 import transformers as tf
-from tiny_models import IMAGE_TOKEN, VOCAB
+from tiny_models import IMAGE, IMAGE_TOKEN, VOCAB
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+P = TypeVar("P", bound=tf.ProcessorMixin)
 WORDS = [
     "what",
     "color",
@@ -42,12 +47,16 @@ CHAT_TEMPLATE = (
 )
 
 
-def tokenizer(image_token: str, extra: tuple[str, ...] = ()) -> tf.PreTrainedTokenizerFast:
-    """Ids: <pad> 0, <s> 1, </s> 2, <unk> 3, words from 4, ``image_token`` 60, ``extra`` 61…"""
+def tokenizer(
+    placeholder: str, extra: tuple[str, ...] = (), **named: str
+) -> tf.PreTrainedTokenizerFast:
+    """Ids: <pad> 0, <s> 1, </s> 2, <unk> 3, words from 4, ``placeholder`` (the image token)
+    60, ``extra`` 61…; ``named`` special tokens (``boi_token="<start_of_image>"``) become
+    attributes of the tokenizer, as processors look some of theirs up there."""
     vocab = {w: i for i, w in enumerate(SPECIALS + WORDS)}
     fillers = [f"w{i}" for i in range(len(vocab), IMAGE_TOKEN)]
     vocab.update({w: i for i, w in enumerate(fillers, len(vocab))})
-    for i, token in enumerate((image_token, *extra)):
+    for i, token in enumerate((placeholder, *extra)):
         vocab[token] = IMAGE_TOKEN + i
     assert len(vocab) <= VOCAB
     model = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -58,8 +67,9 @@ def tokenizer(image_token: str, extra: tuple[str, ...] = ()) -> tf.PreTrainedTok
         bos_token="<s>",
         eos_token="</s>",
         unk_token="<unk>",
+        **named,
     )
-    fast.add_special_tokens({"additional_special_tokens": [image_token, *extra]})
+    fast.add_special_tokens({"additional_special_tokens": [placeholder, *extra]})
     return fast
 
 
@@ -88,27 +98,158 @@ def paligemma() -> tf.PaliGemmaProcessor:
     return tf.PaliGemmaProcessor(image_processor=image, tokenizer=tokenizer("<image>"))
 
 
-def qwen2_vl() -> tf.Qwen2VLProcessor:
+@contextmanager
+def _no_video_processor_check() -> Iterator[None]:
     """Without torchvision, transformers cannot check a missing video processor's class
     (its VIDEO_PROCESSOR_MAPPING is a stub), so only that check is skipped here."""
     from transformers.processing_utils import ProcessorMixin
 
-    image = tf.Qwen2VLImageProcessor(
-        min_pixels=16 * 16, max_pixels=16 * 16, patch_size=4, temporal_patch_size=1, merge_size=2
-    )
-    tok = tokenizer("<|image_pad|>", ("<|video_pad|>", "<|vision_start|>", "<|vision_end|>"))
     check = ProcessorMixin.check_argument_for_proper_class
     try:
         ProcessorMixin.check_argument_for_proper_class = (  # type: ignore[method-assign]
             lambda self, name, arg: None if arg is None else check(self, name, arg)
         )
-        return tf.Qwen2VLProcessor(
-            image_processor=image,
-            tokenizer=tok,
-            chat_template=_template("<|vision_start|><|image_pad|><|vision_end|>"),
-        )
+        yield
     finally:
         ProcessorMixin.check_argument_for_proper_class = check  # type: ignore[method-assign]
 
 
-PROCESSORS = {"blip": blip, "idefics3": idefics3, "paligemma": paligemma, "qwen2_vl": qwen2_vl}
+def _qwen(processor: type[P]) -> P:
+    """Qwen2-VL / Qwen2.5-VL: images of at most 16 × 16 pixels in 4-pixel patches, 2 × 2 of
+    them merged into one token."""
+    image = tf.Qwen2VLImageProcessor(
+        min_pixels=16 * 16, max_pixels=16 * 16, patch_size=4, temporal_patch_size=1, merge_size=2
+    )
+    tok = tokenizer("<|image_pad|>", ("<|video_pad|>", "<|vision_start|>", "<|vision_end|>"))
+    with _no_video_processor_check():
+        return processor(
+            image_processor=image,
+            tokenizer=tok,
+            chat_template=_template("<|vision_start|><|image_pad|><|vision_end|>"),
+        )
+
+
+def qwen2_vl() -> tf.Qwen2VLProcessor:
+    return _qwen(tf.Qwen2VLProcessor)
+
+
+def qwen2_5_vl() -> tf.Qwen2_5_VLProcessor:
+    return _qwen(tf.Qwen2_5_VLProcessor)
+
+
+def llava() -> tf.LlavaProcessor:
+    """4 × 4 patches of 8 pixels and CLIP's class token, which the model drops: 16 tokens."""
+    image = tf.CLIPImageProcessor(size={"shortest_edge": IMAGE}, crop_size=IMAGE)
+    return tf.LlavaProcessor(
+        image_processor=image,
+        tokenizer=tokenizer("<image>"),
+        patch_size=IMAGE // 4,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=_template("<image>"),
+    )
+
+
+def llava_next() -> tf.LlavaNextProcessor:
+    """An overview and one crop of IMAGE pixels (the only grid pinpoint) per image."""
+    image = tf.LlavaNextImageProcessor(
+        size={"shortest_edge": IMAGE}, crop_size=IMAGE, image_grid_pinpoints=[[IMAGE, IMAGE]]
+    )
+    return tf.LlavaNextProcessor(
+        image_processor=image,
+        tokenizer=tokenizer("<image>"),
+        patch_size=IMAGE // 4,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=_template("<image>"),
+    )
+
+
+def llava_onevision() -> tf.LlavaOnevisionProcessor:
+    """As LLaVA-NeXT, with SigLIP's 16 tokens per view (no class token)."""
+    image = tf.LlavaOnevisionImageProcessor(
+        size={"height": IMAGE, "width": IMAGE}, image_grid_pinpoints=[[IMAGE, IMAGE]]
+    )
+    with _no_video_processor_check():
+        return tf.LlavaOnevisionProcessor(
+            image_processor=image,
+            tokenizer=tokenizer("<image>", ("<video>",)),
+            num_image_tokens=16,
+            vision_feature_select_strategy="full",
+            chat_template=_template("<image>"),
+        )
+
+
+def idefics2() -> tf.Idefics2Processor:
+    image = tf.Idefics2ImageProcessor(
+        size={"shortest_edge": IMAGE, "longest_edge": IMAGE}, do_image_splitting=False
+    )
+    tok = tokenizer("<image>", ("<fake_token_around_image>", "<end_of_utterance>"))
+    return tf.Idefics2Processor(
+        image_processor=image, tokenizer=tok, image_seq_len=4, chat_template=_template("<image>")
+    )
+
+
+def gemma3() -> tf.Gemma3Processor:
+    """4 image tokens between <start_of_image> (61) and <end_of_image> (62)."""
+    image = tf.Gemma3ImageProcessor(size={"height": IMAGE, "width": IMAGE})
+    tok = tokenizer(
+        "<image_soft_token>",
+        ("<start_of_image>", "<end_of_image>"),
+        image_token="<image_soft_token>",
+        boi_token="<start_of_image>",
+        eoi_token="<end_of_image>",
+    )
+    return tf.Gemma3Processor(
+        image_processor=image,
+        tokenizer=tok,
+        image_seq_length=4,
+        chat_template=_template("<start_of_image>"),
+    )
+
+
+def internvl() -> tf.InternVLProcessor:
+    """One tile per image (max_patches 1): 4 <IMG_CONTEXT> tokens between <img> (61) and
+    </img> (62)."""
+    image = tf.GotOcr2ImageProcessor(size={"height": IMAGE, "width": IMAGE}, max_patches=1)
+    tok = tokenizer(
+        "<IMG_CONTEXT>",
+        ("<img>", "</img>", "<video>"),
+        context_image_token="<IMG_CONTEXT>",
+        start_image_token="<img>",
+        end_image_token="</img>",
+        video_token="<video>",
+    )
+    with _no_video_processor_check():
+        return tf.InternVLProcessor(
+            image_processor=image,
+            tokenizer=tok,
+            image_seq_length=4,
+            chat_template=_template("<IMG_CONTEXT>"),
+        )
+
+
+def mllama() -> tf.MllamaProcessor:
+    """One <|image|> token per image, whose IMAGE-pixel tiles (at most 2) the text attends to."""
+    image = tf.MllamaImageProcessor(size={"height": IMAGE, "width": IMAGE}, max_image_tiles=2)
+    return tf.MllamaProcessor(
+        image_processor=image,
+        tokenizer=tokenizer("<|image|>"),
+        chat_template=_template("<|image|>"),
+    )
+
+
+PROCESSORS = {
+    "blip": blip,
+    "gemma3": gemma3,
+    "idefics2": idefics2,
+    "idefics3": idefics3,
+    "internvl": internvl,
+    "llava": llava,
+    "llava-next": llava_next,
+    "llava-onevision": llava_onevision,
+    "mllama": mllama,
+    "paligemma": paligemma,
+    "qwen2.5-vl": qwen2_5_vl,
+    "qwen2_vl": qwen2_vl,
+}

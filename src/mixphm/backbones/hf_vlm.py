@@ -7,8 +7,10 @@ generates answers as strings. Supported families, by ``model_type``:
 
 - ``blip`` (BlipForQuestionAnswering): the question goes to the text encoder, the answer is
   decoded from ``[bos]`` by the text decoder.
-- ``idefics3`` / ``smolvlm`` and ``qwen2_vl``: decoder-only; the prompt is the processor's
-  chat template with one image and the question, then the generation prompt.
+- ``gemma3``, ``idefics2``, ``idefics3`` / ``smolvlm``, ``internvl``, ``llava``,
+  ``llava_next``, ``llava_onevision``, ``mllama``, ``qwen2_vl`` and ``qwen2_5_vl``:
+  decoder-only (Mllama's text attends to the image by cross-attention); the prompt is the
+  processor's chat template with one image and the question, then the generation prompt.
 - ``paligemma``: decoder-only with a prefix-LM mask: ``answer en {question}`` as the prefix
   (token type 0), the answer as the suffix (token type 1).
 
@@ -32,12 +34,37 @@ from torch import Tensor, nn
 from mixphm.backbones.generation import IGNORED, Decoding, pad_rows, score_weighted_answer_loss
 from mixphm.regularization import StackMasks, adapter_stacks
 
-FAMILIES = ("blip", "idefics3", "paligemma", "qwen2_vl", "smolvlm")
-VISION_TOWERS = {"vision_model", "vision_tower", "visual"}
-"""Module names under which the supported families keep their vision encoder."""
-SUFFIX_TOKEN_TYPE = {"token_type_ids": 1, "mm_token_type_ids": 0}
-"""Per-token inputs that processors return besides the ids, and their value on appended
-answer tokens: PaliGemma's prefix-LM types (suffix = 1), Qwen2-VL's modality types (text)."""
+FAMILIES = (
+    "blip",
+    "gemma3",
+    "idefics2",
+    "idefics3",
+    "internvl",
+    "llava",
+    "llava_next",
+    "llava_onevision",
+    "mllama",
+    "paligemma",
+    "qwen2_5_vl",
+    "qwen2_vl",
+    "smolvlm",
+)
+IMAGE_LISTS = {"gemma3", "idefics2", "idefics3", "mllama", "smolvlm"}
+"""Families whose processor takes a list of images per prompt."""
+VISION_TOWERS = {"vision_model", "vision_tower", "visual", "perceiver_resampler"}
+"""Module names under which the supported families keep their vision encoder (Idefics2 also
+its perceiver, which resamples each image to latents that are all valid tokens)."""
+SUFFIX_TOKEN_TYPE: dict[str, dict[str, int | None]] = {
+    "paligemma": {"token_type_ids": 1},
+    "gemma3": {"token_type_ids": 0},
+    "mllama": {"cross_attention_mask": None},
+    "qwen2_vl": {"mm_token_type_ids": 0},
+    "qwen2_5_vl": {"mm_token_type_ids": 0},
+}
+"""Per family, the per-token inputs (B, T, …) it takes besides the ids, and their value on
+appended answer tokens (None: the last prompt token's): PaliGemma's prefix-LM types (suffix =
+1), Gemma 3's image types and Qwen2-VL's / Qwen2.5-VL's modality types (text = 0), Mllama's
+cross-attention mask (B, T, images, tiles), so that the answer sees the image."""
 
 
 def model_family(model: nn.Module) -> str:
@@ -93,7 +120,7 @@ class HFVisionQA:
     def _process(self, images: Sequence[Image.Image], questions: Sequence[str]) -> Any:
         prompts = [self.prompt(q) for q in questions]
         pictures: list[Any] = list(images)
-        if self.family in {"idefics3", "smolvlm"}:
+        if self.family in IMAGE_LISTS:
             pictures = [[image] for image in images]
         return self.processor(images=pictures, text=prompts, padding=True, return_tensors="pt")
 
@@ -124,7 +151,8 @@ class HFVisionQA:
         }
 
     def _append_answers(self, inputs: dict[str, Any], tails: list[list[int]]) -> dict[str, Tensor]:
-        """Prompt rows (right-padded) + answer tokens → ids, mask, labels and token types."""
+        """Prompt rows (right-padded) + answer tokens → ids, mask, labels and the family's
+        per-token inputs of ``SUFFIX_TOKEN_TYPE``."""
         lengths = inputs["attention_mask"].sum(1).tolist()
         width = max(n + len(t) for n, t in zip(lengths, tails, strict=True))
         rows = len(tails)
@@ -132,21 +160,23 @@ class HFVisionQA:
         ids = torch.full((rows, width), pad, dtype=torch.long)
         mask = torch.zeros(rows, width, dtype=torch.long)
         labels = torch.full((rows, width), IGNORED, dtype=torch.long)
-        types = {k: torch.zeros(rows, width, dtype=torch.long) for k in SUFFIX_TOKEN_TYPE}
         if self.family == "paligemma" and "token_type_ids" not in inputs:
             inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
+        family_types = SUFFIX_TOKEN_TYPE.get(self.family, {})
+        answer_types = {k: v for k, v in family_types.items() if k in inputs}
+        types = {k: inputs[k].new_zeros(rows, width, *inputs[k].shape[2:]) for k in answer_types}
         for row, (n, tail) in enumerate(zip(lengths, tails, strict=True)):
             end = n + len(tail)
             ids[row, :n] = inputs["input_ids"][row, :n]
             ids[row, n:end] = torch.tensor(tail)
             mask[row, :end] = 1
             labels[row, n:end] = torch.tensor(tail)
-            for key, answer_type in SUFFIX_TOKEN_TYPE.items():
-                if key in inputs:
-                    types[key][row, :n] = inputs[key][row, :n]
-                    types[key][row, n:end] = answer_type
-        per_token = {k: v for k, v in types.items() if k in inputs}
-        return {**inputs, **per_token, "input_ids": ids, "attention_mask": mask, "labels": labels}
+            for key, answer_type in answer_types.items():
+                types[key][row, :n] = inputs[key][row, :n]
+                types[key][row, n:end] = (
+                    inputs[key][row, n - 1] if answer_type is None else answer_type
+                )
+        return {**inputs, **types, "input_ids": ids, "attention_mask": mask, "labels": labels}
 
     def training_loss(
         self,
@@ -179,7 +209,8 @@ class HFVisionQA:
         """The valid tokens of each stack of ``self.model`` that holds adapters (what the
         redundancy regularizer averages over), from ``training_inputs``: a text stack sees
         the prompt, image tokens included, and the answer, the padding of both excluded
-        (BLIP's decoder: its answer tokens); a vision tower sees every patch (None)."""
+        (BLIP's decoder: its answer tokens); a vision tower sees every patch and Idefics2's
+        perceiver every latent (None)."""
         masks: dict[str, Tensor | None] = {}
         for stack in set(adapter_stacks(self.model).values()):
             parts = set(stack.split("."))
