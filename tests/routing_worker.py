@@ -37,6 +37,10 @@ def main(out_dir: str) -> None:
         choices.append(model.mixphm_router.choices.clone())
     state = {p: a.state_dict() for p, a in mixphm_adapters(model)}
     torch.save({"choices": torch.stack(choices), "state": state}, f"{out_dir}/rank{rank}.pt")
+    # DDP's reducer must not hold the last reference to the process group: freed from the
+    # reducer, gloo's destructor keeps the GIL while it joins worker threads that may need
+    # it (pytorch/pytorch#56297), and the rank hangs at exit now and then.
+    del ddp
     dist.destroy_process_group()
 
 
