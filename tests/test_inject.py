@@ -3,7 +3,7 @@
 import pytest
 import torch
 import transformers as tf
-from tiny_models import BUILDERS
+from tiny_models import BUILDERS, text_config, vision_config
 
 from mixphm import (
     MixPHMConfig,
@@ -250,12 +250,98 @@ def test_target_modules_name_the_layers_by_suffix_or_regex():
         "trunk.1.mixer.qkv.mixphm",
         "trunk.1.narrow.mixphm",
     ]
-    with pytest.raises(ValueError, match=r"names modules that are not nn\.Linear: trunk\.0\.norm"):
+    with pytest.raises(
+        ValueError,
+        match=r"names modules that are not linear layers \(nn\.Linear or transformers' Conv1D\): "
+        r"trunk\.0\.norm",
+    ):
         add_mixphm(Net(), MixPHMConfig(target_modules=["norm"]))
     with pytest.raises(ValueError, match=r"names no module of Net"):
         add_mixphm(Net(), MixPHMConfig(target_modules=["mlp.down_proj"]))
     with pytest.raises(ValueError, match=r"target_modules must be list\[str\] \| str \| None"):
         MixPHMConfig(target_modules=[3])
+
+
+def test_gpt2_conv1d_layers_are_adapted_by_structure_and_by_name():
+    plain = add_mixphm(BUILDERS["gpt2"]().model, SMALL_TEXT)
+    assert [p for p, _ in mixphm_adapters(plain)] == [
+        "transformer.h.0.mlp.c_proj.mixphm",
+        "transformer.h.1.mlp.c_proj.mixphm",
+    ]
+    houlsby = MixPHMConfig.preset("houlsby", reduction_factor=4)
+    with_attention = add_mixphm(BUILDERS["gpt2"]().model, houlsby)
+    assert [p for p, _ in mixphm_adapters(with_attention)] == [
+        "transformer.h.0.attn.c_proj.mixphm",
+        "transformer.h.0.mlp.c_proj.mixphm",
+        "transformer.h.1.attn.c_proj.mixphm",
+        "transformer.h.1.mlp.c_proj.mixphm",
+    ]
+    fused_qkv = MixPHMConfig(reduction_factor=4, target_modules=["attn.c_attn"])
+    named = add_mixphm(BUILDERS["gpt2"]().model, fused_qkv)
+    assert [a.up.d_out for _, a in mixphm_adapters(named)] == [48, 48]  # 3 × 16 features
+
+
+ARCHITECTURES = {
+    "llama": (tf.LlamaModel, text_config("decoder")),
+    "mistral": (tf.MistralModel, text_config("decoder")),
+    "qwen2": (tf.Qwen2Model, text_config("decoder")),
+    "phi3": (tf.Phi3Model, text_config("decoder")),
+    "gemma2": (tf.Gemma2Model, text_config("decoder")),
+    "falcon": (tf.FalconModel, text_config("encoder")),
+    "gpt-neox": (tf.GPTNeoXModel, text_config("encoder")),
+    "opt": (tf.OPTModel, text_config("opt")),
+    "gpt2": (tf.GPT2Model, text_config("gpt2")),
+    "roberta": (tf.RobertaModel, text_config("encoder")),
+    "deberta-v2": (tf.DebertaV2Model, text_config("encoder")),
+    "electra": (tf.ElectraModel, text_config("encoder", embedding_size=16)),
+    "vit": (tf.ViTModel, vision_config("vit", layers=2)),
+    "mbart": (tf.MBartModel, text_config("bart")),
+    "whisper": (tf.WhisperModel, text_config("bart", num_mel_bins=8, max_source_positions=8)),
+}
+"""(model class, config fields) of tiny models (2 blocks per stack, width 16) of architectures
+placement was never told about."""
+
+
+def architecture_batch(model):
+    """A batch of 2 for ``model``'s main input (tokens, images or log-mel frames), with
+    decoder tokens for an encoder-decoder."""
+    config, tokens = model.config, torch.arange(3, 13).reshape(2, 5)
+    match model.main_input_name:
+        case "pixel_values":
+            batch = {"pixel_values": torch.randn(2, 3, config.image_size, config.image_size)}
+        case "input_features":
+            frames = 2 * config.max_source_positions  # the encoder's convolutions halve them
+            batch = {"input_features": torch.randn(2, config.num_mel_bins, frames)}
+        case _:
+            batch = {"input_ids": tokens}
+    if config.is_encoder_decoder:
+        batch["decoder_input_ids"] = tokens
+    return batch
+
+
+def block_count(config):
+    """The blocks ``config`` asks for, both stacks of an encoder-decoder."""
+    if config.is_encoder_decoder:
+        return config.encoder_layers + config.decoder_layers
+    return config.num_hidden_layers
+
+
+@pytest.mark.parametrize(("model_class", "fields"), ARCHITECTURES.values(), ids=list(ARCHITECTURES))
+def test_placement_by_structure_attaches_to_unnamed_architectures(model_class, fields):
+    torch.manual_seed(0)
+    model = add_mixphm(model_class(model_class.config_class(**fields)), SMALL_TEXT).eval()
+    assert len(list(mixphm_adapters(model))) == block_count(model.config)
+    with torch.no_grad():
+        model(**architecture_batch(model))
+
+
+def test_fused_mixture_of_experts_is_refused_saying_why():
+    config = tf.MixtralConfig(**text_config("decoder", num_local_experts=2))
+    fused = r"layers\.0\.mlp\.experts, layers\.1\.mlp\.experts: fused experts"
+    with pytest.raises(ValueError, match=fused + r" .* MixPHM does not adapt them\. Name the"):
+        add_mixphm(tf.MixtralModel(config))
+    with pytest.raises(ValueError, match=r"not linear layers .*; fused experts \(a mixture"):
+        add_mixphm(tf.MixtralModel(config), MixPHMConfig(target_modules=["mlp.experts"]))
 
 
 def test_a_model_without_blocks_or_with_inconsistent_ones_is_refused_clearly():

@@ -1,13 +1,13 @@
 """The training loop on a tiny backbone: every method trains, the recipes' evaluation,
 selection and stopping rules hold, runs resume exactly, checkpoints are atomic, a
-diverging loss stops clearly."""
+diverging loss stops clearly. The LoRA and IA3 baselines on GPT-2's Conv1D layers."""
 
 import json
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_models import tiny_candidates, tiny_split, tiny_vlm
+from tiny_models import BUILDERS, tiny_candidates, tiny_split, tiny_vlm
 
 import mixphm.training.checkpoint as checkpoint
 import mixphm.training.objectives as objectives
@@ -50,6 +50,68 @@ def test_training_lowers_the_loss(method, tmp_path):
     run(method, tmp_path, epochs=8)
     losses = train_losses(tmp_path, method)
     assert len(losses) == 8 and losses[-1] < losses[0]
+
+
+def eval_loss(model, batch):
+    model.eval()
+    with torch.no_grad():
+        return model(**batch).loss.item()
+
+
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+def test_peft_baselines_train_gpt2s_conv1d_layers(method):
+    built = BUILDERS["gpt2"]()
+    model = apply_method(built.model, method, 13)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and all(
+        f"{method}_" in n for n, p in model.named_parameters() if p.requires_grad
+    )
+    before = eval_loss(model, built.batch)
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    for _ in range(4):
+        model.train()
+        model(**built.batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert eval_loss(model, built.batch) < before
+
+
+def test_lora_on_conv1d_starts_as_the_base_model_and_merges_in_its_transposed_layout():
+    built = BUILDERS["gpt2"]()
+    model = built.model.eval()
+    with torch.no_grad():
+        base = model(**built.batch).logits
+        apply_method(model, "lora", 13)
+        fused_qkv = model.get_submodule("transformer.h.0.attn.c_attn")  # Conv1D, 16 → 48
+        a, b = fused_qkv.lora_A["default"].weight, fused_qkv.lora_B["default"].weight
+        assert not b.any()
+        torch.testing.assert_close(model(**built.batch).logits, base, rtol=0, atol=0)
+        b.normal_()
+        x = torch.randn(2, 5, 16)
+        delta = fused_qkv(x) - fused_qkv.base_layer(x)
+        torch.testing.assert_close(delta, fused_qkv.scaling["default"] * x @ (b @ a).T)
+        unmerged = fused_qkv(x)
+        fused_qkv.merge()  # adds (B A)ᵀ to the Conv1D's (in, out) weight
+        torch.testing.assert_close(fused_qkv.base_layer(x), unmerged)
+
+
+def test_ia3_on_conv1d_scales_attention_outputs_and_feedforward_inputs():
+    model = apply_method(BUILDERS["gpt2"]().model, "ia3", 13)
+    fused_qkv = model.get_submodule("transformer.h.0.attn.c_attn")  # Conv1D, 16 → 48
+    feedforward_output = model.get_submodule("transformer.h.0.mlp.c_proj")  # Conv1D, 32 → 16
+    with torch.no_grad():
+        for layer in (fused_qkv, feedforward_output):
+            layer.ia3_l["default"].uniform_(0.5, 1.5)
+        qkv_scale = fused_qkv.ia3_l["default"].flatten()
+        x = torch.randn(2, 5, 16)
+        assert qkv_scale.shape == (48,)
+        torch.testing.assert_close(fused_qkv(x), fused_qkv.base_layer(x) * qkv_scale)
+        inner_scale = feedforward_output.ia3_l["default"].flatten()
+        inner = torch.randn(2, 5, 32)
+        assert inner_scale.shape == (32,)
+        torch.testing.assert_close(
+            feedforward_output(inner), feedforward_output.base_layer(inner * inner_scale)
+        )
 
 
 def test_the_regularizer_enters_the_mixphm_ra_loss(tmp_path):

@@ -31,6 +31,7 @@ LAYER_FIELDS = {
     "decoder": ("num_hidden_layers",),
     "encoder": ("num_hidden_layers",),
     "opt": ("num_hidden_layers",),
+    "gpt2": ("n_layer",),
     "t5": ("num_layers", "num_decoder_layers"),
     "bart": ("encoder_layers", "decoder_layers"),
     "vit": ("num_hidden_layers",),
@@ -61,7 +62,8 @@ def text_config(style: str, width: int = 16, layers: int = 2, **fields: Any) -> 
     """Fields of a tiny language model ``width`` wide with ``layers`` blocks (per stack of an
     encoder-decoder), 2 attention heads, an FFN twice as wide and the tiny vocabulary, named
     as the config class of ``style`` names them: "decoder" (LLaMA and its kin), "encoder"
-    (BERT, CLIP, SigLIP, BLIP), "opt", "t5" or "bart". ``fields`` add or override fields."""
+    (BERT, CLIP, SigLIP, BLIP), "opt", "gpt2", "t5" or "bart". ``fields`` add or override
+    fields."""
     heads, ffn = 2, 2 * width
     match style:
         case "decoder":
@@ -88,6 +90,8 @@ def text_config(style: str, width: int = 16, layers: int = 2, **fields: Any) -> 
                 num_attention_heads=heads,
                 word_embed_proj_dim=width,
             )
+        case "gpt2":
+            names = dict(n_embd=width, n_inner=ffn, n_layer=layers, n_head=heads, n_positions=32)
         case "t5":
             names = dict(
                 d_model=width,
@@ -273,6 +277,8 @@ FAMILIES: dict[str, Family] = {
         **TEXT_ONLY,
         text_fields=dict(width=24),
     ),
+    # Its linear layers are transformers' Conv1D (weights stored transposed).
+    "gpt2": Family(tf.GPT2LMHeadModel, "gpt2", **TEXT_ONLY),
     "bert": Family(
         tf.BertForMaskedLM,
         "encoder",

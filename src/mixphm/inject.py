@@ -1,11 +1,11 @@
 """Attach MixPHM adapters to a Hugging Face transformers model (or any PyTorch model).
 
 The sub-layers are found by the model's structure (``mixphm.placement``) or named by the
-user (``MixPHMConfig.target_modules``): each is an ``nn.Linear`` producing a sub-layer's
-output. The adapter is registered as a child ``mixphm`` of that linear layer and a forward
-hook turns its output h into h + adapter(h), before the block's residual add. The base
-model's own parameter names are unchanged, so its checkpoints still load into the adapted
-model.
+user (``MixPHMConfig.target_modules``): each is a linear layer (``nn.Linear`` or
+transformers' ``Conv1D``) producing a sub-layer's output. The adapter is registered as a
+child ``mixphm`` of that linear layer and a forward hook turns its output h into
+h + adapter(h), before the block's residual add. The base model's own parameter names are
+unchanged, so its checkpoints still load into the adapted model.
 """
 
 from __future__ import annotations
@@ -20,7 +20,13 @@ from torch import Tensor, nn
 from mixphm.adapter import MixPHMAdapter
 from mixphm.config import MixPHMConfig
 from mixphm.phm import PHMRule
-from mixphm.placement import attention_outputs, feedforward_outputs, named_linears, per_block
+from mixphm.placement import (
+    LinearMap,
+    attention_outputs,
+    feedforward_outputs,
+    named_linears,
+    per_block,
+)
 from mixphm.routing import ExpertRouter
 
 ADAPTER_NAME = "mixphm"
@@ -28,7 +34,7 @@ CONFIG_ATTRIBUTE = "mixphm_config"
 ROUTER_ATTRIBUTE = "mixphm_router"
 
 
-def find_targets(model: nn.Module, config: MixPHMConfig) -> list[tuple[str, nn.Linear]]:
+def find_targets(model: nn.Module, config: MixPHMConfig) -> list[tuple[str, LinearMap]]:
     """(path, output linear) of every sub-layer to adapt, in module order: the linears
     ``config.target_modules`` names, or else every transformer block's feed-forward output
     (and attention outputs with ``attention_adapters``), found by structure
@@ -56,7 +62,7 @@ class AdapterPlan:
 
     config: MixPHMConfig
     router: ExpertRouter
-    adapters: tuple[tuple[str, nn.Linear, MixPHMAdapter], ...]
+    adapters: tuple[tuple[str, nn.Module, MixPHMAdapter], ...]
 
     def named_adapters(self) -> list[tuple[str, MixPHMAdapter]]:
         return [(path, adapter) for path, _, adapter in self.adapters]
@@ -75,7 +81,7 @@ def plan_adapters(model: nn.Module, config: MixPHMConfig) -> AdapterPlan:
         for index, (_, linear) in enumerate(targets)
     ]  # all built before any moves: the first one's move takes the shared rule along
     adapters = tuple(
-        (f"{path}.{ADAPTER_NAME}", linear, adapter.to(linear.weight.device))
+        (f"{path}.{ADAPTER_NAME}", linear.module, adapter.to(linear.weight.device))
         for (path, linear), adapter in zip(targets, built, strict=True)
     )
     return AdapterPlan(config, router, adapters)

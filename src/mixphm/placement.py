@@ -3,11 +3,14 @@
 A *block list* is an ``nn.ModuleList`` whose every element holds an attention sub-module
 (a module whose name or class name says attention); the outermost such lists are the
 model's stacks of transformer blocks (T5's ``encoder.block``, BERT's ``encoder.layer``,
-Llama's ``layers``, Florence-2's stages of DaViT blocks). Inside a block:
+Llama's ``layers``, Florence-2's stages of DaViT blocks). A *linear layer* is an
+``nn.Linear`` or transformers' ``Conv1D`` (GPT-2 and its kin: the same map, its weight stored
+transposed). Inside a block:
 
 - the *feed-forward outputs* are the linear layers outside attention that map a wider
   input back to the block's hidden size (T5's ``wo``, BERT's ``output.dense``, BART's
-  ``fc2``, Llama's ``down_proj``); the hidden size is read off the block's norms;
+  ``fc2``, Llama's ``down_proj``, GPT-2's ``mlp.c_proj``); the hidden size is read off the
+  block's norms;
 - the *attention outputs* are, per outermost attention sub-module, its last linear layer
   that returns to the hidden size (T5's ``o``, BERT's ``attention.output.dense``);
 - the *attention projections* are its query, key and value linears, by name (LoRA, IA3).
@@ -22,10 +25,11 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from torch import nn
+from torch import Tensor, nn
+from transformers.pytorch_utils import Conv1D
 
 VISION_MARKERS = ("vision", "visual", "image", "qformer", "connector", "resampler", "projector")
 """A block list whose path has a part containing one of these is on the vision side."""
@@ -36,8 +40,74 @@ FUSED_QKV = {"qkv", "qkv_proj", "query_key_value", "c_attn", "wqkv", "in_proj"}
 """Names of one linear that projects queries, keys and values together."""
 
 
+LINEAR_LAYERS = "linear layers (nn.Linear or transformers' Conv1D)"
+"""What placement and ``target_modules`` accept, as error messages name it."""
+
+
 class PlacementError(ValueError):
     """Nothing to adapt was found, or what was found is inconsistent."""
+
+
+@dataclass(frozen=True)
+class LinearMap:
+    """A linear layer, (..., in_features) → (..., out_features): an ``nn.Linear``, whose
+    ``weight`` is (out_features, in_features), or a transformers ``Conv1D``, whose ``weight``
+    is ``transposed``: (in_features, out_features)."""
+
+    module: nn.Module
+    weight: Tensor
+    in_features: int
+    out_features: int
+    transposed: bool
+
+    @property
+    def contracts(self) -> bool:
+        """Whether it maps to fewer features than it reads (a feed-forward output does)."""
+        return self.in_features > self.out_features
+
+
+def linear_map(module: nn.Module) -> LinearMap | None:
+    """``module`` as a LinearMap, or None when it is not a linear layer."""
+    if isinstance(module, nn.Linear):
+        return LinearMap(
+            module, module.weight, module.in_features, module.out_features, transposed=False
+        )
+    if isinstance(module, Conv1D):
+        return LinearMap(module, module.weight, module.nx, module.nf, transposed=True)
+    return None
+
+
+def linear_maps(named: Iterable[tuple[str, nn.Module]]) -> Iterator[tuple[str, LinearMap]]:
+    """(name, linear map) of the linear layers among the (name, module) pairs ``named``."""
+    for name, module in named:
+        if (linear := linear_map(module)) is not None:
+            yield name, linear
+
+
+def holds_fused_experts(module: nn.Module) -> bool:
+    """Whether ``module`` keeps a mixture of experts fused in 3-D weights, (experts, out,
+    in) per projection (Mixtral's ``mlp.experts``), rather than in linear layers. A 1-D
+    convolution's weight is 3-D too, and is not one."""
+    return not isinstance(module, nn.Conv1d | nn.ConvTranspose1d) and any(
+        p.dim() == 3 for p in module.parameters(recurse=False)
+    )
+
+
+FUSED_EXPERTS = (
+    "fused experts (a mixture of experts kept in 3-D weights, one slice per expert) hold no "
+    "linear layer, and MixPHM does not adapt them"
+)
+
+
+def fused_experts_note(blocks: Iterable[Block]) -> str:
+    """A refusal's note naming the fused experts in ``blocks``; "" when they hold none."""
+    fused = [
+        f"{block.path}.{name}"
+        for block in blocks
+        for name, module in block.module.named_modules()
+        if holds_fused_experts(module)
+    ]
+    return f". {', '.join(fused[:3])}: {FUSED_EXPERTS}" if fused else ""
 
 
 @dataclass(frozen=True)
@@ -100,9 +170,9 @@ def hidden_size(block: nn.Module, path: str) -> int:
     sizes = Counter(int(w.shape[0]) for w in norm_weights if w.dim() == 1)
     if not sizes:
         sizes = Counter(
-            int(m.out_features)
-            for _, m in outside_attention(block)
-            if isinstance(m, nn.Linear) and m.in_features > m.out_features
+            linear.out_features
+            for _, linear in linear_maps(outside_attention(block))
+            if linear.contracts
         )
     if not sizes:
         raise PlacementError(f"{path}: no norm and no contracting linear layer to size it by")
@@ -126,10 +196,8 @@ def feedforward_outputs(block: Block) -> list[str]:
     """Relative paths of the block's feed-forward output linears."""
     return [
         name
-        for name, module in outside_attention(block.module)
-        if isinstance(module, nn.Linear)
-        and module.out_features == block.hidden
-        and module.in_features > module.out_features
+        for name, linear in linear_maps(outside_attention(block.module))
+        if linear.contracts and linear.out_features == block.hidden
     ]
 
 
@@ -150,8 +218,8 @@ def attention_outputs(block: Block) -> list[str]:
     for name, attention in attention_modules(block):
         linears = [
             n
-            for n, m in attention.named_modules()
-            if isinstance(m, nn.Linear) and m.out_features == block.hidden
+            for n, linear in linear_maps(attention.named_modules())
+            if linear.out_features == block.hidden
         ]
         if linears:
             outputs.append(f"{name}.{linears[-1]}")
@@ -162,16 +230,16 @@ def attention_projections(block: Block, names: set[str]) -> list[str]:
     """Relative paths of the attention linears called one of ``names`` (or a fused QKV)."""
     found = []
     for name, attention in attention_modules(block):
-        for n, m in attention.named_modules():
+        for n, _ in linear_maps(attention.named_modules()):
             last = n.rpartition(".")[2].lower()
-            if isinstance(m, nn.Linear) and (last in names or last in FUSED_QKV):
+            if last in names or last in FUSED_QKV:
                 found.append(f"{name}.{n}")
     return found
 
 
 def per_block(
     model: nn.Module, vision_tower: bool, finder: Callable[[Block], list[str]], what: str
-) -> list[tuple[str, nn.Linear]]:
+) -> list[tuple[str, LinearMap]]:
     """(path, linear) of the layers ``finder`` names in every block, in module order;
     raises PlacementError when no block is found or a block has none of them."""
     blocks = transformer_blocks(model, vision_tower)
@@ -183,8 +251,11 @@ def per_block(
     found = {block.path: finder(block) for block in blocks}
     if not all(found.values()):
         shown = "; ".join(f"{path}: {names or 'none'}" for path, names in list(found.items())[:6])
+        without = [block for block in blocks if not found[block.path]]
         raise PlacementError(
-            f"{type(model).__name__}: not every transformer block has {what} ({shown})" + NAME_THEM
+            f"{type(model).__name__}: not every transformer block has {what} ({shown})"
+            + fused_experts_note(without)
+            + NAME_THEM
         )
     modules = dict(model.named_modules())
     return [
@@ -194,10 +265,10 @@ def per_block(
     ]
 
 
-def linear_at(modules: dict[str, nn.Module], path: str) -> nn.Linear:
-    module = modules[path]
-    assert isinstance(module, nn.Linear), path
-    return module
+def linear_at(modules: dict[str, nn.Module], path: str) -> LinearMap:
+    linear = linear_map(modules[path])
+    assert linear is not None, path
+    return linear
 
 
 def lora_targets(model: nn.Module) -> list[str]:
@@ -234,7 +305,7 @@ NAME_THEM = (
 
 def named_linears(
     model: nn.Module, target_modules: Sequence[str] | str
-) -> list[tuple[str, nn.Linear]]:
+) -> list[tuple[str, LinearMap]]:
     """(path, linear) of the modules ``target_modules`` names, in module order: a regular
     expression matched against whole names, or suffixes matched at a name boundary."""
 
@@ -245,11 +316,13 @@ def named_linears(
 
     modules = dict(model.named_modules())
     chosen = [path for path in modules if path and named(path)]
-    others = [path for path in chosen if not isinstance(modules[path], nn.Linear)]
+    others = [path for path in chosen if linear_map(modules[path]) is None]
     if others:
+        fused = any(holds_fused_experts(modules[path]) for path in others)
         raise PlacementError(
-            f"target_modules={target_modules!r} names modules that are not nn.Linear: "
+            f"target_modules={target_modules!r} names modules that are not {LINEAR_LAYERS}: "
             + ", ".join(others[:5])
+            + (f"; {FUSED_EXPERTS}" if fused else "")
         )
     if not chosen:
         raise PlacementError(

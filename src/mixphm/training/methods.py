@@ -2,7 +2,8 @@
 
 - ``full``: every weight trains.
 - ``bitfit``: only bias terms train (Ben Zaken et al. 2022).
-- ``lora``, ``ia3``: through ``peft`` (``inject_adapter_in_model``, so any nn.Module works).
+- ``lora``, ``ia3``: through ``peft`` (``inject_adapter_in_model``, so any nn.Module works),
+  on the linear layers ``mixphm.placement`` finds (``nn.Linear`` or transformers' ``Conv1D``).
 - ``houlsby``, ``pfeiffer``, ``compacter``, ``adamix``, ``mixphm``: the MixPHM adapter family.
 - ``mixphm-ra``: MixPHM with the redundancy regularizer (its weights come from the config).
 """
@@ -10,7 +11,7 @@
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -19,7 +20,12 @@ from torch import nn
 
 from mixphm.config import Activation, MixPHMConfig
 from mixphm.inject import add_mixphm
-from mixphm.placement import feedforward_targets, ia3_attention_targets, lora_targets
+from mixphm.placement import (
+    feedforward_targets,
+    ia3_attention_targets,
+    linear_maps,
+    lora_targets,
+)
 from mixphm.regularization import RedundancyConfig
 from mixphm.training.choices import ADAPTER_METHODS as ADAPTER_METHODS
 from mixphm.training.choices import METHODS as METHODS
@@ -73,6 +79,14 @@ def adapter_config(
     )
 
 
+def weights_transposed(model: nn.Module, paths: Sequence[str]) -> bool:
+    """peft's ``fan_in_fan_out``: whether the linear layers at ``paths`` store their weight
+    (in_features, out_features), as transformers' Conv1D does (GPT-2), so that merging an
+    update transposes it. peft would correct a wrong value layer by layer, with a warning."""
+    modules = dict(model.named_modules())
+    return any(linear.transposed for _, linear in linear_maps((p, modules[p]) for p in paths))
+
+
 def apply_method(
     model: nn.Module,
     method: str,
@@ -103,16 +117,20 @@ def apply_method(
         model.requires_grad_(False)
         config: Any
         if method == "lora":
+            targets = lora_targets(model)
             config = LoraConfig(
                 r=settings.extra["rank"],
                 lora_alpha=settings.extra["alpha"],
-                target_modules=lora_targets(model),
+                target_modules=targets,
+                fan_in_fan_out=weights_transposed(model, targets),
             )
         else:
             feedforward = feedforward_targets(model)
+            targets = ia3_attention_targets(model) + feedforward
             config = IA3Config(
-                target_modules=ia3_attention_targets(model) + feedforward,
+                target_modules=targets,
                 feedforward_modules=feedforward,
+                fan_in_fan_out=weights_transposed(model, targets),
             )
         return inject_adapter_in_model(config, model)
     raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
