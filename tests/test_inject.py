@@ -139,7 +139,9 @@ def test_adapters_train_alone_change_the_merged_output_and_reload_exactly(tiny, 
 
 def test_zeroed_adapter_output_leaves_the_base_model_unchanged(tiny):
     _, built = tiny
-    model = built.model.eval()
+    # Frozen as add_mixphm leaves it: nn.MultiheadAttention (SigLIP's pooling head) takes
+    # its fast path, whose float rounding differs, only when no weight requires grad.
+    model = built.model.eval().requires_grad_(False)
     with torch.no_grad():
         base = output_tensors(model, built.batch)
         add_mixphm(model, SMALL)
