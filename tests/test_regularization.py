@@ -3,10 +3,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import t5
+from tiny_models import BUILDERS, t5
 
 from mixphm import MixPHMConfig, add_mixphm, mixphm_adapters
 from mixphm.regularization import (
+    ActivationCapture,
     RedundancyConfig,
     RedundancyRegularizer,
     decorrelation_penalty,
@@ -160,6 +161,18 @@ def test_hooks_are_removed_after_recording_and_masks_are_required():
     assert all(not a._forward_hooks for _, a in mixphm_adapters(model))
     with pytest.raises(ValueError, match=r"no token mask for the stacks \['decoder'\]"):
         regularizer.loss({"encoder": t5_masks(batch)["encoder"]})
+
+
+def test_tokens_flattened_across_rows_are_captured_in_rows():
+    """OPT's feed-forward runs its (B, L) tokens as (B·L, d): the capture puts them back."""
+    built = BUILDERS["blip2-opt"]()
+    model = add_mixphm(built.model, MixPHMConfig(reduction_factor=4, phm_dim=2))
+    capture = ActivationCapture(model)
+    with capture.recording():
+        model(**built.batch)
+    for layer in capture.layers.values():
+        rows = capture.finals[layer.stack].shape[:2]
+        assert layer.h.shape[:2] == layer.h_a.shape[:2] == rows == built.batch["input_ids"].shape
 
 
 def test_linear_cka_of_self_is_one_and_of_independent_is_near_zero():

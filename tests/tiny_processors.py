@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import TypeVar
 
 import transformers as tf
@@ -38,6 +39,8 @@ WORDS = [
     "Assistant:",
     "answer",
     "en",
+    "Question:",
+    "Answer:",
 ]
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 CHAT_TEMPLATE = (
@@ -82,6 +85,26 @@ def blip() -> tf.BlipProcessor:
     return tf.BlipProcessor(image_processor=image, tokenizer=tokenizer("<image>"))
 
 
+def blip2() -> tf.Blip2Processor:
+    """4 query tokens (the processor adds "<image>", id 60, before the prompt)."""
+    image = tf.BlipImageProcessor(size={"height": IMAGE, "width": IMAGE})
+    return tf.Blip2Processor(
+        image_processor=image, tokenizer=tokenizer("<image>"), num_query_tokens=4
+    )
+
+
+def florence2() -> tf.Florence2Processor:
+    """17 image tokens (DaViT's 4 × 4 positions and their mean), which the processor puts
+    before "<s> prompt </s>"."""
+    image = tf.CLIPImageProcessor(
+        size={"height": IMAGE, "width": IMAGE}, crop_size=IMAGE, do_center_crop=False
+    )
+    image.image_seq_length = 17
+    return tf.Florence2Processor(
+        image_processor=image, tokenizer=tokenizer("<image>", image_token="<image>")
+    )
+
+
 def idefics3() -> tf.Idefics3Processor:
     image = tf.Idefics3ImageProcessor(
         size={"longest_edge": 32}, max_image_size={"longest_edge": 32}, do_image_splitting=False
@@ -100,18 +123,33 @@ def paligemma() -> tf.PaliGemmaProcessor:
 
 @contextmanager
 def _no_video_processor_check() -> Iterator[None]:
-    """Without torchvision, transformers cannot check a missing video processor's class
-    (its VIDEO_PROCESSOR_MAPPING is a stub), so only that check is skipped here."""
+    """Without torchvision, transformers cannot check the class of a missing (or stand-in)
+    video processor (its VIDEO_PROCESSOR_MAPPING is a stub), so only that check is skipped
+    here."""
     from transformers.processing_utils import ProcessorMixin
 
     check = ProcessorMixin.check_argument_for_proper_class
     try:
         ProcessorMixin.check_argument_for_proper_class = (  # type: ignore[method-assign]
-            lambda self, name, arg: None if arg is None else check(self, name, arg)
+            lambda self, name, arg: None if name == "video_processor" else check(self, name, arg)
         )
         yield
     finally:
         ProcessorMixin.check_argument_for_proper_class = check  # type: ignore[method-assign]
+
+
+@contextmanager
+def _num2words_stand_in() -> Iterator[None]:
+    """SmolVLMProcessor refuses to start without num2words, which only spells out video
+    frame counts and is not installed here: a stand-in passes that check."""
+    from transformers.models.smolvlm import processing_smolvlm
+
+    installed = processing_smolvlm.num2words
+    try:
+        processing_smolvlm.num2words = str
+        yield
+    finally:
+        processing_smolvlm.num2words = installed
 
 
 def _qwen(processor: type[P]) -> P:
@@ -180,6 +218,26 @@ def llava_onevision() -> tf.LlavaOnevisionProcessor:
         )
 
 
+def smolvlm() -> tf.SmolVLMProcessor:
+    """As Idefics3, with a stand-in video processor: the real one needs torchvision, which is
+    not installed, and the chat template only reads its frame sampling (None: none) off it."""
+    image = tf.SmolVLMImageProcessor(
+        size={"longest_edge": IMAGE},
+        max_image_size={"longest_edge": IMAGE},
+        do_image_splitting=False,
+    )
+    tok = tokenizer("<image>", ("<fake_token_around_image>", "<global-img>"))
+    video = SimpleNamespace(num_frames=None, fps=None)
+    with _no_video_processor_check(), _num2words_stand_in():
+        return tf.SmolVLMProcessor(
+            image_processor=image,
+            tokenizer=tok,
+            video_processor=video,
+            image_seq_len=4,
+            chat_template=_template("<image>"),
+        )
+
+
 def idefics2() -> tf.Idefics2Processor:
     image = tf.Idefics2ImageProcessor(
         size={"shortest_edge": IMAGE, "longest_edge": IMAGE}, do_image_splitting=False
@@ -241,6 +299,9 @@ def mllama() -> tf.MllamaProcessor:
 
 PROCESSORS = {
     "blip": blip,
+    "blip2-flan-t5": blip2,
+    "blip2-opt": blip2,
+    "florence2": florence2,
     "gemma3": gemma3,
     "idefics2": idefics2,
     "idefics3": idefics3,
@@ -252,4 +313,5 @@ PROCESSORS = {
     "paligemma": paligemma,
     "qwen2.5-vl": qwen2_5_vl,
     "qwen2_vl": qwen2_vl,
+    "smolvlm": smolvlm,
 }

@@ -134,6 +134,15 @@ def batched(hidden: Tensor) -> Tensor:
     return hidden if hidden.dim() == 3 else hidden.unsqueeze(0)
 
 
+def in_rows(tokens: Tensor, final: Tensor) -> Tensor:
+    """An adapter's tokens (1, B·L, d), flattened across the rows of a batch as OPT's
+    feed-forward runs them, in the rows (B, L, d) of their stack's output ``final``; any
+    other shape as it is."""
+    rows, length = final.shape[:2]
+    flattened = rows > 1 and tokens.shape[:2] == (1, rows * length)
+    return tokens.reshape(rows, length, tokens.shape[-1]) if flattened else tokens
+
+
 @dataclass
 class LayerActivations:
     """One adapter's capture: h and h_a (B, L, d), and the path of its stack."""
@@ -178,7 +187,11 @@ class ActivationCapture:
 
     def _stack_hook(self, stack: str) -> Any:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            self.finals[stack] = batched(_first_tensor(output))
+            final = batched(_first_tensor(output))
+            self.finals[stack] = final
+            for layer in self.layers.values():
+                if layer.stack == stack:
+                    layer.h, layer.h_a = in_rows(layer.h, final), in_rows(layer.h_a, final)
 
         return hook
 

@@ -7,6 +7,11 @@ generates answers as strings. Supported families, by ``model_type``:
 
 - ``blip`` (BlipForQuestionAnswering): the question goes to the text encoder, the answer is
   decoded from ``[bos]`` by the text decoder.
+- ``blip-2`` (Blip2ForConditionalGeneration): ``Question: {question} Answer:`` after the
+  Q-Former's query tokens; with a decoder-only language model (OPT) the answer follows the
+  prompt, with an encoder-decoder one (Flan-T5) it is decoded from the decoder start token.
+- ``florence2``: the question after the image tokens goes to BART's encoder, the answer is
+  decoded from the decoder start token (and ``<s>``, where generation forces it).
 - ``gemma3``, ``idefics2``, ``idefics3`` / ``smolvlm``, ``internvl``, ``llava``,
   ``llava_next``, ``llava_onevision``, ``mllama``, ``qwen2_vl`` and ``qwen2_5_vl``:
   decoder-only (Mllama's text attends to the image by cross-attention); the prompt is the
@@ -14,17 +19,18 @@ generates answers as strings. Supported families, by ``model_type``:
 - ``paligemma``: decoder-only with a prefix-LM mask: ``answer en {question}`` as the prefix
   (token type 0), the answer as the suffix (token type 1).
 
-The answer tokens are appended to the processed prompt ids (not re-tokenised with it), so a
-training example is exactly the prompt ``generate`` sees followed by the tokens it should
-produce. MixPHM goes in with ``add_mixphm(vqa.model, config)`` (``vision_tower=True`` also
-adapts the vision encoder).
+The answer tokens are appended to the processed prompt ids (not re-tokenised with it) or,
+where the answer has a decoder of its own, to the ids that decoder starts from: a training
+example is exactly what ``generate`` sees followed by the tokens it should produce. MixPHM
+goes in with ``add_mixphm(vqa.model, config)`` (``vision_tower=True`` also adapts the vision
+encoder, and BLIP-2's Q-Former).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from accelerate.utils import extract_model_from_parallel
@@ -36,6 +42,8 @@ from mixphm.regularization import StackMasks, adapter_stacks
 
 FAMILIES = (
     "blip",
+    "blip-2",
+    "florence2",
     "gemma3",
     "idefics2",
     "idefics3",
@@ -51,9 +59,23 @@ FAMILIES = (
 )
 IMAGE_LISTS = {"gemma3", "idefics2", "idefics3", "mllama", "smolvlm"}
 """Families whose processor takes a list of images per prompt."""
-VISION_TOWERS = {"vision_model", "vision_tower", "visual", "perceiver_resampler"}
+VISION_TOWERS = {"vision_model", "vision_tower", "visual", "perceiver_resampler", "qformer"}
 """Module names under which the supported families keep their vision encoder (Idefics2 also
-its perceiver, which resamples each image to latents that are all valid tokens)."""
+its perceiver and BLIP-2 its Q-Former, which resample each image to latents or queries that
+are all valid tokens)."""
+ANSWER_DECODERS = {"text_decoder", "decoder"}
+"""Module names under which a family whose answer has a decoder of its own keeps that decoder
+(BLIP's text decoder, T5's and BART's decoder); a decoder-only model's ``decoder`` (OPT's)
+reads the prompt and the answer as one sequence."""
+PLAIN_PROMPTS = {
+    "blip": "{question}",
+    "blip-2": "Question: {question} Answer:",
+    "florence2": "{question}",
+    "paligemma": "{image}answer en {question}",
+}
+"""The prompt of each family without a chat template. ``{image}`` is the processor's image
+token (PaliGemma's processor expands it); BLIP-2's and Florence-2's processors add their
+image tokens themselves, BLIP has none."""
 SUFFIX_TOKEN_TYPE: dict[str, dict[str, int | None]] = {
     "paligemma": {"token_type_ids": 1},
     "gemma3": {"token_type_ids": 0},
@@ -85,6 +107,12 @@ class HFVisionQA:
         self.tokenizer: Any = getattr(processor, "tokenizer", processor)
         self.family = model_family(model)
 
+    @property
+    def answer_in_decoder(self) -> bool:
+        """Whether the answer goes to a decoder of its own (BLIP, BLIP-2 with Flan-T5,
+        Florence-2) rather than after the prompt."""
+        return self.family == "blip" or bool(self.model.config.is_encoder_decoder)
+
     @classmethod
     def from_pretrained(cls, name_or_path: str, dtype: torch.dtype | None = None) -> HFVisionQA:
         """A hub id (needs the internet once) or a local directory saved by transformers."""
@@ -107,17 +135,23 @@ class HFVisionQA:
         return cls(model, processor)
 
     def prompt(self, question: str) -> str:
-        if self.family == "blip":
-            return question
-        if self.family == "paligemma":
-            return f"{self.processor.image_token}answer en {question}"
+        if self.family in PLAIN_PROMPTS:
+            image = str(getattr(self.processor, "image_token", ""))
+            return PLAIN_PROMPTS[self.family].format(image=image, question=question)
         message = [
             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
         ]
         text: str = self.processor.apply_chat_template(message, add_generation_prompt=True)
         return text
 
-    def _process(self, images: Sequence[Image.Image], questions: Sequence[str]) -> Any:
+    def _process(
+        self,
+        images: Sequence[Image.Image],
+        questions: Sequence[str],
+        padding_side: Literal["left", "right"],
+    ) -> Any:
+        """The processor's inputs for one prompt per image, padded on ``padding_side``."""
+        self.tokenizer.padding_side = padding_side
         prompts = [self.prompt(q) for q in questions]
         pictures: list[Any] = list(images)
         if self.family in IMAGE_LISTS:
@@ -127,28 +161,46 @@ class HFVisionQA:
     def training_inputs(
         self, images: Sequence[Image.Image], questions: Sequence[str], answers: Sequence[str]
     ) -> dict[str, Tensor]:
-        """Model inputs with ``labels`` (B, T) that score only the answer tokens."""
-        self.tokenizer.padding_side = "right"
-        inputs = dict(self._process(images, questions))
-        if self.family == "blip":
-            return {**inputs, **self._blip_targets(answers)}
-        eos = self.tokenizer.eos_token or ""
-        tails = [self.tokenizer(a + eos, add_special_tokens=False)["input_ids"] for a in answers]
+        """Model inputs with ``labels`` (B, T) that score only the answer tokens: those of
+        the prompt followed by its answer, or where the answer has a decoder of its own, the
+        prompt's and the decoder's (``decoder_input_ids``, ``decoder_attention_mask``,
+        ``labels`` (B, T'))."""
+        inputs = dict(self._process(images, questions, padding_side="right"))
+        tails = [self._answer_tokens(a) for a in answers]
+        if self.answer_in_decoder:
+            return {**inputs, **self._decoder_targets(tails)}
         return self._append_answers(inputs, tails)
 
-    def _blip_targets(self, answers: Sequence[str]) -> dict[str, Tensor]:
-        """[bos] answer [sep]: BLIP's decoder starts from bos and stops at sep in generate."""
+    def _answer_tokens(self, answer: str) -> list[int]:
+        """The answer's ids and the id that ends its generation: BLIP's [sep], otherwise
+        the tokenizer's eos (none if it has none)."""
+        ids: list[int] = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        if self.family == "blip":
+            end = self.model.config.text_config.sep_token_id
+        else:
+            end = self.tokenizer.eos_token_id
+        return ids if end is None else [*ids, end]
+
+    def decoder_start(self) -> list[int]:
+        """The ids a decoder of its own starts each answer from in ``generate``, unscored in
+        training: BLIP's [bos]; otherwise the decoder start token, then bos where generation
+        forces it (Florence-2's checkpoints do)."""
         text = self.model.config.text_config
-        bos, sep = text.bos_token_id, text.sep_token_id
-        tails = [
-            [bos, *self.tokenizer(a, add_special_tokens=False)["input_ids"], sep] for a in answers
-        ]
-        ids, mask = pad_rows(tails, text.pad_token_id)
-        return {
-            "decoder_input_ids": ids,
-            "decoder_attention_mask": mask,
-            "labels": ids.masked_fill(mask == 0, IGNORED),
-        }
+        if self.family == "blip":
+            return [text.bos_token_id]
+        forced_bos = self.model.generation_config.forced_bos_token_id
+        return [text.decoder_start_token_id, *([] if forced_bos is None else [forced_bos])]
+
+    def _decoder_targets(self, tails: list[list[int]]) -> dict[str, Tensor]:
+        """Start ids + answer tokens, right-padded → ``decoder_input_ids``,
+        ``decoder_attention_mask`` and ``labels`` (B, T'), the start ids unscored."""
+        start = self.decoder_start()
+        ids, mask = pad_rows(
+            [[*start, *tail] for tail in tails], self.model.config.text_config.pad_token_id
+        )
+        labels = ids.masked_fill(mask == 0, IGNORED)
+        labels[:, : len(start)] = IGNORED
+        return {"decoder_input_ids": ids, "decoder_attention_mask": mask, "labels": labels}
 
     def _append_answers(self, inputs: dict[str, Any], tails: list[list[int]]) -> dict[str, Tensor]:
         """Prompt rows (right-padded) + answer tokens → ids, mask, labels and the family's
@@ -188,7 +240,7 @@ class HFVisionQA:
     ) -> tuple[Tensor, StackMasks]:
         """(Σ_b score_b · mean answer-token cross-entropy_b / B, the token mask of each
         stack that holds adapters, ``stack_masks``). BLIP's label smoothing, part of its own
-        loss, is kept."""
+        loss, is kept. The logits (B, T, V) are the decoder's where the answer has one."""
         inputs = self.training_inputs(images, questions, answers)
         labels = inputs.pop("labels")
         device = next(self.model.parameters()).device
@@ -209,14 +261,15 @@ class HFVisionQA:
         """The valid tokens of each stack of ``self.model`` that holds adapters (what the
         redundancy regularizer averages over), from ``training_inputs``: a text stack sees
         the prompt, image tokens included, and the answer, the padding of both excluded
-        (BLIP's decoder: its answer tokens); a vision tower sees every patch and Idefics2's
-        perceiver every latent (None)."""
+        (an encoder: the prompt; the answer's own decoder: its start and answer tokens); a
+        vision tower sees every patch, Idefics2's perceiver every latent and BLIP-2's Q-Former
+        every query (None)."""
         masks: dict[str, Tensor | None] = {}
         for stack in set(adapter_stacks(self.model).values()):
             parts = set(stack.split("."))
             if parts & VISION_TOWERS:
                 masks[stack] = None
-            elif "text_decoder" in parts:
+            elif self.answer_in_decoder and parts & ANSWER_DECODERS:
                 masks[stack] = inputs["decoder_attention_mask"].bool()
             else:
                 masks[stack] = inputs["attention_mask"].bool()
@@ -244,16 +297,19 @@ class HFVisionQA:
         questions: Sequence[str],
         decoding: Decoding | None = None,
     ) -> list[str]:
-        """Generated answers, one string per question."""
+        """Generated answers, one string per question. A decoder-only model continues its
+        prompts, so they are padded on the left; an encoder's are padded on the right, where
+        absolute positions (BLIP's BERT, Florence-2's BART) stay as in training."""
         decoding = decoding or Decoding()
-        self.tokenizer.padding_side = "left"
-        inputs = self._process(images, questions)
+        inputs = self._process(
+            images, questions, padding_side="right" if self.answer_in_decoder else "left"
+        )
         device = next(self.model.parameters()).device
         inputs = {k: v.to(device) for k, v in inputs.items()}
         generated = self.model.generate(
             **inputs, max_new_tokens=decoding.max_new_tokens, num_beams=decoding.num_beams
         )
-        if self.family != "blip":
+        if not self.answer_in_decoder:
             generated = generated[:, inputs["input_ids"].shape[1] :]
         texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
         return [t.strip() for t in texts]
