@@ -27,14 +27,6 @@ def images(count: int = 2) -> list[Image.Image]:
     return [Image.fromarray((rng.random((40, 48, 3)) * 255).astype("uint8")) for _ in range(count)]
 
 
-def excluding(reasons: dict[str, str]) -> list:
-    """FAMILIES, those named in ``reasons`` skipped with their reason."""
-    return [
-        pytest.param(f, marks=pytest.mark.skip(reason=reasons[f])) if f in reasons else f
-        for f in FAMILIES
-    ]
-
-
 def tiny(family: str, vision_tower: bool = False) -> HFVisionQA:
     torch.manual_seed(0)
     model = BUILDERS[family]().model
@@ -103,12 +95,10 @@ def test_answer_tokens_get_the_per_token_inputs_of_their_family(family):
         assert (inputs[key][row][answer] == expected).all()
 
 
-@pytest.mark.parametrize(
-    "family",
-    excluding({"blip": "BLIP's generate lets the answer decoder attend to question padding"}),
-)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_padding_leaves_each_answer_as_it_is_alone(family):
-    """Decoder-only prompts are padded on the left, encoders' on the right."""
+    """Decoder-only prompts are padded on the left, encoders' on the right; BLIP's are not
+    padded (its generate ignores the question mask)."""
     vqa = tiny(family)
     vqa.model.eval()
     questions = ["what color is the shape ?", "how many ?"]
@@ -116,6 +106,28 @@ def test_padding_leaves_each_answer_as_it_is_alone(family):
     alone = [
         vqa.answer([image], [q], Decoding(max_new_tokens=4))[0]
         for image, q in zip(images(), questions, strict=True)
+    ]
+    assert together == alone
+
+
+def test_blip_answers_each_length_of_question_unpadded_and_in_order(monkeypatch):
+    vqa = tiny("blip")
+    vqa.model.eval()
+    masks = []
+    generate = vqa.model.generate
+
+    def recording(**inputs):
+        masks.append(inputs["attention_mask"])
+        return generate(**inputs)
+
+    monkeypatch.setattr(vqa.model, "generate", recording)
+    questions = ["what color is the shape ?", "how many ?", "which shape is the circle ?"]
+    decoding = Decoding(max_new_tokens=4)
+    together = vqa.answer(images(3), questions, decoding)
+    assert [tuple(m.shape) for m in masks] == [(2, 6), (1, 3)]  # one token per word
+    assert all(bool(m.all()) for m in masks)
+    alone = [
+        vqa.answer([image], [q], decoding)[0] for image, q in zip(images(3), questions, strict=True)
     ]
     assert together == alone
 

@@ -76,6 +76,9 @@ PLAIN_PROMPTS = {
 """The prompt of each family without a chat template. ``{image}`` is the processor's image
 token (PaliGemma's processor expands it); BLIP-2's and Florence-2's processors add their
 image tokens themselves, BLIP has none."""
+UNMASKED_QUESTION_PADDING = {"blip"}
+"""Families whose ``generate`` ignores the question's padding mask (BLIP's answer decoder
+cross-attends to every question position, while its training forward masks padding)."""
 SUFFIX_TOKEN_TYPE: dict[str, dict[str, int | None]] = {
     "paligemma": {"token_type_ids": 1},
     "gemma3": {"token_type_ids": 0},
@@ -299,8 +302,33 @@ class HFVisionQA:
     ) -> list[str]:
         """Generated answers, one string per question. A decoder-only model continues its
         prompts, so they are padded on the left; an encoder's are padded on the right, where
-        absolute positions (BLIP's BERT, Florence-2's BART) stay as in training."""
+        absolute positions (BLIP's BERT, Florence-2's BART) stay as in training. BLIP's
+        ``generate`` lets the answer decoder attend to every question position, padding
+        included, so its questions are answered in groups of equal length, unpadded."""
         decoding = decoding or Decoding()
+        if self.family not in UNMASKED_QUESTION_PADDING:
+            return self._generate(images, questions, decoding)
+        answers = [""] * len(questions)
+        for group in self._equal_length_groups(questions):
+            texts = self._generate(
+                [images[i] for i in group], [questions[i] for i in group], decoding
+            )
+            for i, text in zip(group, texts, strict=True):
+                answers[i] = text
+        return answers
+
+    def _equal_length_groups(self, questions: Sequence[str]) -> list[list[int]]:
+        """Indices of ``questions`` grouped by the token length of their prompts."""
+        groups: dict[int, list[int]] = {}
+        for index, question in enumerate(questions):
+            length = len(self.tokenizer(self.prompt(question))["input_ids"])
+            groups.setdefault(length, []).append(index)
+        return list(groups.values())
+
+    def _generate(
+        self, images: Sequence[Image.Image], questions: Sequence[str], decoding: Decoding
+    ) -> list[str]:
+        """Generated answers of one batch of prompts, padded as ``answer`` says."""
         inputs = self._process(
             images, questions, padding_side="right" if self.answer_in_decoder else "left"
         )
