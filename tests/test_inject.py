@@ -338,8 +338,12 @@ def test_placement_by_structure_attaches_to_unnamed_architectures(model_class, f
 def test_fused_mixture_of_experts_is_refused_saying_why():
     config = tf.MixtralConfig(**text_config("decoder", num_local_experts=2))
     fused = r"layers\.0\.mlp\.experts, layers\.1\.mlp\.experts: fused experts"
-    with pytest.raises(ValueError, match=fused + r" .* MixPHM does not adapt them\. Name the"):
+    with pytest.raises(ValueError, match=fused + r" .* MixPHM does not adapt them.*\. Name the"):
         add_mixphm(tf.MixtralModel(config))
+    llama4 = tf.Llama4TextConfig(**text_config("decoder", num_local_experts=2))
+    with_shared = r"layers\.0\.feed_forward\.experts.*fused experts .* shared expert"
+    with pytest.raises(ValueError, match=with_shared):
+        add_mixphm(tf.Llama4TextModel(llama4))
     with pytest.raises(ValueError, match=r"not linear layers .*; fused experts \(a mixture"):
         add_mixphm(tf.MixtralModel(config), MixPHMConfig(target_modules=["mlp.experts"]))
 

@@ -95,7 +95,7 @@ def holds_fused_experts(module: nn.Module) -> bool:
 
 FUSED_EXPERTS = (
     "fused experts (a mixture of experts kept in 3-D weights, one slice per expert) hold no "
-    "linear layer, and MixPHM does not adapt them"
+    "linear layer, and MixPHM does not adapt them, nor a shared expert beside them alone"
 )
 
 
@@ -193,7 +193,11 @@ def transformer_blocks(model: nn.Module, vision_tower: bool) -> list[Block]:
 
 
 def feedforward_outputs(block: Block) -> list[str]:
-    """Relative paths of the block's feed-forward output linears."""
+    """Relative paths of the block's feed-forward output linears; none where the
+    feed-forward is a mixture of fused experts, whose shared expert (Llama 4's) would carry
+    only part of its output."""
+    if any(holds_fused_experts(module) for module in block.module.modules()):
+        return []
     return [
         name
         for name, linear in linear_maps(outside_attention(block.module))
