@@ -2,8 +2,9 @@
 # The paper-recipe grid (experiments.sh step 6), most telling cells first; resumable.
 #   bash scripts/paper-grid.sh            run it (finished runs are skipped)
 #   bash scripts/paper-grid.sh --commit   run it and commit each finished run as it lands
-# The log (with the remaining-time estimate after every run) goes to stdout; under --commit
-# the table, runs.csv and plots are rebuilt and committed with each finished run.
+# The log goes to stdout: the whole grid's remaining estimate, cell by cell, at the start
+# (and, under --commit, after each committed run), and the current cell's after every run.
+# Under --commit the table, runs.csv and plots are rebuilt and committed with each run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -19,6 +20,15 @@ grid=(
 summarize() {
     $mixphm benchmark --recipe paper-v1 --out $out --summarize-only \
         --ks 16 32 64 100 500 1000 --seeds $seeds --methods $methods > /dev/null
+}
+
+estimate_grid() {
+    local cells
+    echo "the grid's runs left, cell by cell:"
+    for cells in "${grid[@]}"; do
+        # shellcheck disable=SC2086
+        echo "  ${cells%% --seeds*}: $($mixphm benchmark --recipe paper-v1 --out $out $cells --estimate-only)"
+    done
 }
 
 commit_finished() {
@@ -41,9 +51,11 @@ PY
         flock .git/mixphm-commit.lock sh -c "git add '$(dirname "$result")' $out/*.csv \
             $out/*.md $out/*.png && git commit -q -m \"\$1\"" _ "$message"
         echo "committed: $message"
+        estimate_grid
     done
 }
 
+estimate_grid
 if [ "${1:-}" = "--commit" ]; then
     ( while sleep 60; do commit_finished || echo "commit failed; retrying in a minute"; done ) &
     watcher=$!

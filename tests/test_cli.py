@@ -176,6 +176,35 @@ def test_summarize_only_rebuilds_the_table_from_finished_runs(tmp_path, capsys):
     assert (tmp_path / "accuracy_vs_k_pretrained.png").is_file()
 
 
+def test_estimate_only_prints_what_is_left_and_writes_nothing(tmp_path, capsys):
+    import json
+
+    from mixphm.training.benchmark import run_dir
+    from mixphm.training.recipe import RunSpec
+
+    run = run_dir(tmp_path, RunSpec("mixphm", 64, 13))
+    run.mkdir(parents=True)
+    record = {
+        "method": "mixphm", "k": 64, "seed": 13, "backbone": "pretrained", "recipe": "paper-v1",
+        "dev_accuracy": 40.0, "test_accuracy": 50.0, "trainable_parameters": 10,
+        "total_parameters": 1000, "train_seconds": 1200.0, "epochs": 300, "best_epoch": 99,
+    }  # fmt: skip
+    (run / "result.json").write_text(json.dumps(record))
+    before = sorted(tmp_path.rglob("*"))
+    grid = ["--methods", "mixphm", "full", "--ks", "64", "128", "--seeds", "13", "21"]
+    argv = ["benchmark", "--out", str(tmp_path), *grid, "--estimate-only"]
+    assert cli.main(argv) == 0
+    # seven runs left: three at k = 64 (1,200 s each, from the finished one), four at
+    # k = 128 (scaled by k: 2,400 s each); 13,200 s over two workers
+    assert capsys.readouterr().out == "7 runs to go: about 1.8 h of training with 2 workers\n"
+    assert sorted(tmp_path.rglob("*")) == before
+    assert cli.main([*argv, "--recipe", "quick-v1"]) == 2
+    assert "holds runs made under the recipe paper-v1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main([*argv, "--summarize-only"])
+    assert "not allowed with argument --estimate-only" in capsys.readouterr().err
+
+
 def test_argument_errors_answer_without_loading_torch():
     """The package's public names load lazily, so the parser never needs torch."""
     code = (

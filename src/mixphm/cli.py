@@ -157,10 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 "--zero-shot", action="store_true", help="also score the backbone at k = 0"
             )
-            sub.add_argument(
+            nothing = sub.add_mutually_exclusive_group()
+            nothing.add_argument(
                 "--summarize-only",
                 action="store_true",
                 help="train nothing: rebuild runs.csv, summary.md and the plots from finished runs",
+            )
+            nothing.add_argument(
+                "--estimate-only",
+                action="store_true",
+                help="train and write nothing: print how many runs of the grid are left and "
+                "the training time they need, estimated from the finished runs",
             )
     predict = commands.add_parser(
         "predict", help="answer a question about an image with a finished run"
@@ -295,6 +302,9 @@ def train_or_benchmark(args: argparse.Namespace, command: str) -> None:
     for spec in specs:  # bad adapter options fail here, before any data or model is built
         adapter_config(spec.method, spec.seed, dict(spec.adapter_options))
     label = "easy-VQA" if offline else args.dataset
+    if getattr(args, "estimate_only", False):
+        print(benchmark.grid_estimate(specs, args.out, args.workers))
+        return
     results: list[Any] | None
     if getattr(args, "summarize_only", False):
         results = benchmark.collect(args.out, args.recipe)

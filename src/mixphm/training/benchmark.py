@@ -204,10 +204,7 @@ def collect(out: Path, recipe: str | None = None) -> list[RunResult]:
             f"{out} holds runs of several recipes ({', '.join(sorted(found))}); one table "
             "must not mix them: move each recipe's runs to an output folder of its own"
         )
-    results = [
-        RunResult.from_record(json.loads(p.read_text()))
-        for p in sorted((out / "runs").glob("**/result.json"))
-    ]
+    results = finished_runs(out)
     names = [f.name for f in fields(RunResult)]
     with (out / "runs.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=names)
@@ -215,6 +212,23 @@ def collect(out: Path, recipe: str | None = None) -> list[RunResult]:
         for r in sorted(results, key=lambda r: (r.backbone, r.variant, r.k, r.seed)):
             writer.writerow({**asdict(r), "adapter_options": json.dumps(r.adapter_options)})
     return results
+
+
+def finished_runs(out: Path) -> list[RunResult]:
+    """Every run under ``out`` with a ``result.json``, whatever its recipe."""
+    return [
+        RunResult.from_record(json.loads(p.read_text()))
+        for p in sorted((out / "runs").glob("**/result.json"))
+    ]
+
+
+def grid_estimate(specs: Sequence[RunSpec], out: Path, workers: int) -> str:
+    """How many of ``specs`` are still to run under ``out`` and the training time they need
+    with ``workers`` processes, estimated from the finished runs; trains and writes
+    nothing."""
+    check_one_recipe(out, one_recipe(specs))
+    todo = pending(specs, out, say=False)
+    return remaining_estimate(finished_runs(out), todo, max(1, min(workers, len(todo))))
 
 
 def recipe_note(recipes: Sequence[str]) -> str:
