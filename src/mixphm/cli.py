@@ -63,6 +63,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mixphm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -96,6 +103,24 @@ def build_parser() -> argparse.ArgumentParser:
     breakdown.add_argument("--ks", type=int, nargs="+", help="only runs with these k")
     breakdown.add_argument("--seeds", type=int, nargs="+", help="only runs with these seeds")
     breakdown.add_argument("--output", type=Path, default=Path("results/breakdown"))
+
+    curves = commands.add_parser(
+        "curves",
+        help="how finished runs trained: when they fitted, what started their patience count, "
+        "kept against last checkpoint (from history.json; dev and training loss only)",
+    )
+    curves.add_argument(
+        "--run", type=Path, nargs="+", required=True, help="run folders, or folders holding runs"
+    )
+    curves.add_argument("--ks", type=int, nargs="+", help="only runs with these k")
+    curves.add_argument("--seeds", type=int, nargs="+", help="only runs with these seeds")
+    curves.add_argument(
+        "--fit-loss",
+        type=positive_float,
+        default=0.1,
+        help="training loss below which a run counts as fitted (default 0.1)",
+    )
+    curves.add_argument("--output", type=Path, default=Path("results/curves"))
 
     commands.add_parser("pretrain", help="build (once) and cache the pretrained offline backbone")
 
@@ -258,6 +283,8 @@ def run(args: argparse.Namespace, command: str) -> None:
             f"frequent predicted answer.\n\n{table}\n"
         )
         print(table)
+    elif args.command == "curves":
+        write_curves(args, command)
     elif args.command == "pretrain":
         from mixphm.pretraining.recipe import PretrainConfig, checkpoint_dir, pretrained_backbone
 
@@ -265,6 +292,31 @@ def run(args: argparse.Namespace, command: str) -> None:
         print(f"pretrained backbone: {checkpoint_dir(PretrainConfig())}")
     elif args.command in ("train", "benchmark"):
         train_or_benchmark(args, command)
+
+
+def write_curves(args: argparse.Namespace, command: str) -> None:
+    from mixphm.training.curves import curves, format_curves, plot_curves
+
+    runs, without_history = curves(args.run, ks=args.ks, seeds=args.seeds)
+    if not runs:
+        raise FileNotFoundError(
+            f"none of the {len(without_history)} finished runs found has a history.json "
+            "(runs trained before runs kept their curves)"
+        )
+    table = format_curves(runs, args.fit_loss)
+    missing = "".join(f"\n- {path}" for path in without_history)
+    if missing:
+        missing = f"\n\nFinished runs without a history.json, left out:{missing}"
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "curves.md").write_text(
+        f"Produced by `{command}` from {len(runs)} runs. Test accuracy (%) of the kept "
+        "(best-dev) and the last checkpoint; epochs are 1-based; the patience count starts at "
+        "the last dev evaluation that improved by more than the recipe's delta.\n\n"
+        f"{table}{missing}\n"
+    )
+    plots = plot_curves(runs, args.output)
+    print(table + missing)
+    print(f"written: {args.output / 'curves.md'}, " + ", ".join(str(p) for p in plots))
 
 
 def train_or_benchmark(args: argparse.Namespace, command: str) -> None:

@@ -24,6 +24,7 @@ from mixphm.evaluation import Scored, score, summarize
 from mixphm.training.objectives import CandidateScoring
 from mixphm.training.predict import check_finished, load_run
 from mixphm.training.recipe import PREDICTIONS_FILE, record_variant, write_predictions
+from mixphm.training.records import Run, finished_runs
 from mixphm.training.setup import OfflineSetup, backbone_factory
 
 UNTYPED = "all"
@@ -72,39 +73,6 @@ def by_answer_type(
             TypeOutcome(answer_type, total, accuracy, top_answer, 100.0 * top_count / total)
         )
     return tuple(outcomes)
-
-
-Run = tuple[Path, dict[str, Any]]
-"""A finished run's folder and its result record (``result.json``)."""
-
-
-def finished_runs(
-    paths: Sequence[Path], ks: Sequence[int] | None = None, seeds: Sequence[int] | None = None
-) -> list[Run]:
-    """Each path that is a finished run, or else every finished run beneath it; only runs
-    with these ``ks`` and ``seeds`` when given."""
-    wanted = {
-        field: list(values) for field, values in (("k", ks), ("seed", seeds)) if values is not None
-    }
-    condition = " and ".join(f"{field} in {values}" for field, values in wanted.items())
-    runs: list[Run] = []
-    for path in paths:
-        found = (
-            [path]
-            if (path / "result.json").is_file()
-            else sorted(p.parent for p in path.rglob("result.json"))
-        )
-        loaded = ((run, json.loads((run / "result.json").read_text())) for run in found)
-        records = [
-            (run, result)
-            for run, result in loaded
-            if all(result[field] in values for field, values in wanted.items())
-        ]
-        if not records:
-            with_condition = f" with {condition}" if condition else ""
-            raise FileNotFoundError(f"{path}: no finished run{with_condition} in or under it")
-        runs += records
-    return runs
 
 
 def answering_model(directory: Path, result: dict[str, Any]) -> Any:

@@ -43,8 +43,9 @@ from mixphm.training.recipes import DEFAULT_RECIPE, LEGACY_RECIPE, Recipe, get_r
 BEST_FILE = "best.safetensors"
 """The best-dev trainable weights of a finished run (what ``mixphm predict`` loads)."""
 PREDICTIONS_FILE = "test_predictions.json"
-HISTORY_FILE = "history.json"
 """A finished run's test answers, question id → answer (what ``mixphm breakdown`` reads)."""
+HISTORY_FILE = "history.json"
+"""A finished run's dev curve and per-epoch training loss (what ``mixphm curves`` reads)."""
 
 
 class TrainingDiverged(RuntimeError):
