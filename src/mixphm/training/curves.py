@@ -247,9 +247,8 @@ def plot_curves(runs: Sequence[RunCurve], out: Path) -> list[Path]:
     written = []
     for (backbone, k), cell in sorted(cells.items()):
         seeds = sorted({r.seed for r in cell})
-        figure, axes = plt.subplots(
-            2, len(seeds), figsize=(3.2 * len(seeds) + 1, 6), sharex="col", squeeze=False
-        )
+        width = 3.2 * len(seeds) + 1.6  # inches; the last 1.6 hold the legend
+        figure, axes = plt.subplots(2, len(seeds), figsize=(width, 6), sharex="col", squeeze=False)
         for column, seed in enumerate(seeds):
             loss_axes, dev_axes = axes[0][column], axes[1][column]
             for r in sorted((r for r in cell if r.seed == seed), key=lambda r: r.variant):
@@ -270,9 +269,10 @@ def plot_curves(runs: Sequence[RunCurve], out: Path) -> list[Path]:
             for panel in axes[0]
             for handle, label in zip(*panel.get_legend_handles_labels(), strict=True)
         }
-        figure.legend(legend.values(), legend.keys(), loc="center right", fontsize=8)
-        figure.suptitle(f"{backbone} backbone, k = {k}: training loss and dev accuracy")
-        figure.tight_layout(rect=(0, 0, 0.92, 1))
+        labels = sorted(legend)
+        figure.legend([legend[label] for label in labels], labels, loc="center right", fontsize=8)
+        figure.suptitle(f"{backbone}, k = {k}")
+        figure.tight_layout(rect=(0, 0, 1 - 1.6 / width, 1))
         path = out / f"curves_{folder_name(backbone)}_k{k}.png"
         figure.savefig(path, dpi=110)
         plt.close(figure)
