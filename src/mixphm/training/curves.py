@@ -129,14 +129,13 @@ def epoch_range(epochs: Sequence[int | None]) -> str:
     """``min–max`` of the epochs that exist, and how many runs have none."""
     known = [e for e in epochs if e is not None]
     never = len(epochs) - len(known)
-    span = (
-        ""
-        if not known
-        else f"{min(known)}"
-        if min(known) == max(known)
-        else f"{min(known)}–{max(known)}"
-    )
-    return ", ".join(part for part in (span, f"never in {never}" if never else "") if part)
+    parts = []
+    if known:
+        low, high = min(known), max(known)
+        parts.append(str(low) if low == high else f"{low}–{high}")
+    if never:
+        parts.append(f"never in {never}")
+    return ", ".join(parts)
 
 
 def last_against_best(runs: Sequence[RunCurve]) -> str:
@@ -194,12 +193,10 @@ def format_curves(runs: Sequence[RunCurve], fit_loss: float = FIT_LOSS) -> str:
     ]
     header += [fitted, "kept epoch", "patience started at epoch", "stopped at epoch"]
     rows = []
-    for (backbone, k), group in sorted(per_k.items()):
-        for (_, _, variant), method_runs in sorted(
-            (key, value) for key, value in groups.items() if key[:2] == (backbone, k)
-        ):
-            rows.append(summary_row(variant, method_runs, fit_loss))
-        rows.append(summary_row("all methods", group, fit_loss))
+    for backbone, k in sorted(per_k):
+        variants = sorted(v for b, kk, v in groups if (b, kk) == (backbone, k))
+        rows += [summary_row(v, groups[backbone, k, v], fit_loss) for v in variants]
+        rows.append(summary_row("all methods", per_k[backbone, k], fit_loss))
     summary = markdown(header, rows, 2)
 
     header = ["backbone", "method", "k", "seed", "test, best-dev", "test, last", "best dev"]
