@@ -304,18 +304,18 @@ def write_curves(args: argparse.Namespace, command: str) -> None:
             "(runs trained before runs kept their curves)"
         )
     table = format_curves(runs, args.fit_loss)
-    missing = "".join(f"\n- {path}" for path in without_history)
-    if missing:
-        missing = f"\n\nFinished runs without a history.json, left out:{missing}"
+    left_out = "".join(f"\n- {path}" for path in without_history)
+    if left_out:
+        left_out = f"\n\nFinished runs without a history.json, left out:{left_out}"
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "curves.md").write_text(
         f"Produced by `{command}` from {len(runs)} runs. Test accuracy (%) of the kept "
         "(best-dev) and the last checkpoint; epochs are 1-based; the patience count starts at "
         "the last dev evaluation that improved by more than the recipe's delta.\n\n"
-        f"{table}{missing}\n"
+        f"{table}{left_out}\n"
     )
     plots = plot_curves(runs, args.output)
-    print(table + missing)
+    print(table + left_out)
     print(f"written: {args.output / 'curves.md'}, " + ", ".join(str(p) for p in plots))
 
 

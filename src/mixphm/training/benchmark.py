@@ -36,6 +36,7 @@ from mixphm.training.recipe import (
 )
 from mixphm.training.recipes import LEGACY_RECIPE
 from mixphm.training.setup import OfflineSetup, backbone_factory
+from mixphm.training.tables import markdown_table
 from mixphm.training.workers import map_in_workers
 
 _setup: OfflineSetup | None = None
@@ -204,7 +205,7 @@ def collect(out: Path, recipe: str | None = None) -> list[RunResult]:
             f"{out} holds runs of several recipes ({', '.join(sorted(found))}); one table "
             "must not mix them: move each recipe's runs to an output folder of its own"
         )
-    results = finished_runs(out)
+    results = finished_results(out)
     names = [f.name for f in fields(RunResult)]
     with (out / "runs.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=names)
@@ -214,7 +215,7 @@ def collect(out: Path, recipe: str | None = None) -> list[RunResult]:
     return results
 
 
-def finished_runs(out: Path) -> list[RunResult]:
+def finished_results(out: Path) -> list[RunResult]:
     """Every run under ``out`` with a ``result.json``, whatever its recipe."""
     return [
         RunResult.from_record(json.loads(p.read_text()))
@@ -228,7 +229,7 @@ def grid_estimate(specs: Sequence[RunSpec], out: Path, workers: int) -> str:
     nothing."""
     check_one_recipe(out, one_recipe(specs))
     todo = pending(specs, out, say=False)
-    return remaining_estimate(finished_runs(out), todo, max(1, min(workers, len(todo))))
+    return remaining_estimate(finished_results(out), todo, max(1, min(workers, len(todo))))
 
 
 def recipe_note(recipes: Sequence[str]) -> str:
@@ -259,12 +260,10 @@ def summary_table(results: Iterable[RunResult], backbone: str) -> str:
     methods = sorted({m for m, _ in cells}, key=lambda m: (m != "zero-shot", m))
     ks = sorted({k for _, k in cells})
     best = {k: max(mean_std(v)[0] for (m, kk), v in cells.items() if kk == k) for k in ks}
-    lines = [
-        "| method | % trainable | " + " | ".join(f"k={k}" for k in ks) + " |",
-        "|---|---:|" + "---:|" * len(ks),
-    ]
+    header = ["method", "% trainable", *(f"k={k}" for k in ks)]
+    rows = []
     for method in methods:
-        row = []
+        row = [method, f"{params[method]:.3f}"]
         for k in ks:
             values = cells.get((method, k))
             if not values:
@@ -273,8 +272,8 @@ def summary_table(results: Iterable[RunResult], backbone: str) -> str:
             mean, std = mean_std(values)
             text = f"{mean:.1f} ± {std:.1f} ({len(values)})"
             row.append(f"**{text}**" if mean == best[k] else text)
-        lines.append(f"| {method} | {params[method]:.3f} | " + " | ".join(row) + " |")
-    return "\n".join(lines)
+        rows.append(row)
+    return markdown_table(header, rows, 1)
 
 
 def write_summary(

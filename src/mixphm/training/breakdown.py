@@ -26,6 +26,7 @@ from mixphm.training.predict import check_finished, load_run
 from mixphm.training.recipe import PREDICTIONS_FILE, record_variant, write_predictions
 from mixphm.training.records import Run, finished_runs
 from mixphm.training.setup import OfflineSetup, backbone_factory
+from mixphm.training.tables import markdown_table
 
 UNTYPED = "all"
 
@@ -142,7 +143,7 @@ def format_breakdown(runs: Sequence[RunBreakdown]) -> str:
     answer_types = sorted(counts)
     header = ["backbone", "method", "k", "seeds", "test"]
     header += [f"{t} ({counts[t]} q): acc / top share" for t in answer_types]
-    lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    rows = []
     for (backbone, variant, k), group in sorted(groups.items()):
         test = mean(r.test_accuracy for r in group)
         cells = [backbone, variant, str(k), str(len(group)), f"{test:.1f}"]
@@ -150,5 +151,5 @@ def format_breakdown(runs: Sequence[RunBreakdown]) -> str:
             found = [t for r in group for t in r.types if t.answer_type == answer_type]
             accuracy, share = mean(t.accuracy for t in found), mean(t.top_share for t in found)
             cells.append(f"{accuracy:.1f} / {share:.0f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown_table(header, rows, 2)

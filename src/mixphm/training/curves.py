@@ -21,6 +21,7 @@ from typing import Any
 from mixphm.training.recipe import HISTORY_FILE, TrainState, record_variant, update_selection
 from mixphm.training.recipes import LEGACY_RECIPE, get_recipe
 from mixphm.training.records import finished_runs
+from mixphm.training.tables import markdown_table
 
 FIT_LOSS = 0.1
 """Default training loss below which a run counts as having fitted its training set."""
@@ -167,13 +168,6 @@ def summary_row(label: str, runs: Sequence[RunCurve], fit_loss: float) -> list[s
     ]
 
 
-def markdown(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int) -> str:
-    lines = ["| " + " | ".join(header) + " |"]
-    lines.append("|" + "---|" * text_columns + "---:|" * (len(header) - text_columns))
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def format_curves(runs: Sequence[RunCurve], fit_loss: float = FIT_LOSS) -> str:
     """Markdown: one row per backbone, method and k (and one for all methods of a k), then
     one row per run."""
@@ -197,7 +191,7 @@ def format_curves(runs: Sequence[RunCurve], fit_loss: float = FIT_LOSS) -> str:
         variants = sorted(v for b, kk, v in groups if (b, kk) == (backbone, k))
         rows += [summary_row(v, groups[backbone, k, v], fit_loss) for v in variants]
         rows.append(summary_row("all methods", per_k[backbone, k], fit_loss))
-    summary = markdown(header, rows, 2)
+    summary = markdown_table(header, rows, 2)
 
     header = ["backbone", "method", "k", "seed", "test, best-dev", "test, last", "best dev"]
     header += [
@@ -224,7 +218,7 @@ def format_curves(runs: Sequence[RunCurve], fit_loss: float = FIT_LOSS) -> str:
                 str(r.stopped_epoch),
             ]
         )
-    return summary + "\n\nPer run:\n\n" + markdown(header, rows, 2)
+    return summary + "\n\nPer run:\n\n" + markdown_table(header, rows, 2)
 
 
 def plot_curves(runs: Sequence[RunCurve], out: Path) -> list[Path]:
