@@ -297,7 +297,7 @@ def write_summary(
 HIGHLIGHTED = {"mixphm": "tab:red", "full": "tab:blue"}
 """The two methods the paper's claim compares, drawn bold among the baselines."""
 MUTED = {
-    "adamix": "#b39ddb",
+    "adamix": "#aed581",
     "bitfit": "#a1887f",
     "compacter": "#f48fb1",
     "houlsby": "#80cbc4",
