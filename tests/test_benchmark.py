@@ -98,5 +98,6 @@ def test_the_remaining_estimate_comes_from_finished_runs(tmp_path):
     left = [RunSpec("mixphm", 64, 21), RunSpec("full", 64, 13), RunSpec("mixphm", 128, 13)]
     # same variant and k: 600 s; same k: 600 s; nearest k of the variant scaled: 1,200 s
     assert benchmark.remaining_estimate(finished, left, workers=2) == (
-        "3 runs to go: about 0.3 h of training with 2 workers"
+        "3 runs to go: about 0.3 h of training with 2 workers; the longest, mixphm k = 128 "
+        "seed 13, about 0.3 h alone"
     )

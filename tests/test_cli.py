@@ -196,7 +196,10 @@ def test_estimate_only_prints_what_is_left_and_writes_nothing(tmp_path, capsys):
     assert cli.main(argv) == 0
     # seven runs left: three at k = 64 (1,200 s each, from the finished one), four at
     # k = 128 (scaled by k: 2,400 s each); 13,200 s over two workers
-    assert capsys.readouterr().out == "7 runs to go: about 1.8 h of training with 2 workers\n"
+    assert capsys.readouterr().out == (
+        "7 runs to go: about 1.8 h of training with 2 workers; the longest, mixphm k = 128 "
+        "seed 13, about 0.7 h alone\n"
+    )
     assert sorted(tmp_path.rglob("*")) == before
     assert cli.main([*argv, "--recipe", "quick-v1"]) == 2
     assert "holds runs made under the recipe paper-v1" in capsys.readouterr().err

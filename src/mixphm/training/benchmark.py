@@ -170,7 +170,9 @@ def result_key(result: RunResult) -> tuple[str, int, int, str]:
 def remaining_estimate(finished: Sequence[RunResult], left: Sequence[RunSpec], workers: int) -> str:
     """The training time ``left`` needs, from the finished runs' train seconds: the mean of
     the same variant and k, else of any variant at that k, else the variant's nearest k
-    scaled by k (dev and test evaluations come on top)."""
+    scaled by k (dev and test evaluations come on top). The longest single run is named: a
+    run longer than the time a machine is held cannot finish, since an interrupted run
+    resumes only from a checkpoint the next machine still has."""
     seconds: dict[tuple[str, int], list[float]] = defaultdict(list)
     for r in finished:
         if r.method != "zero-shot":
@@ -190,8 +192,14 @@ def remaining_estimate(finished: Sequence[RunResult], left: Sequence[RunSpec], w
         variant, k = min(seconds, key=lambda key: (key[0] != spec.variant, abs(key[1] - spec.k)))
         return statistics.fmean(seconds[(variant, k)]) * spec.k / k
 
-    hours = sum(estimate(spec) for spec in left) / workers / 3600
-    return f"{len(left)} runs to go: about {hours:.1f} h of training with {workers} workers"
+    estimates = [(estimate(spec), spec) for spec in left]
+    hours = sum(seconds for seconds, _ in estimates) / workers / 3600
+    longest_seconds, longest = max(estimates, key=lambda pair: pair[0])
+    return (
+        f"{len(left)} runs to go: about {hours:.1f} h of training with {workers} workers; "
+        f"the longest, {longest.variant} k = {longest.k} seed {longest.seed}, about "
+        f"{longest_seconds / 3600:.1f} h alone"
+    )
 
 
 def collect(out: Path, recipe: str | None = None) -> list[RunResult]:
