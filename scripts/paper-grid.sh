@@ -2,9 +2,11 @@
 # The paper-recipe grid (experiments.sh step 6), most telling cells first; resumable.
 #   bash scripts/paper-grid.sh            run it (finished runs are skipped)
 #   bash scripts/paper-grid.sh --commit   run it and commit each finished run as it lands
+#   bash scripts/paper-grid.sh --carry    commit the runs in flight now (before a machine goes)
 # The log goes to stdout: the whole grid's remaining estimate, cell by cell, at the start
 # (and, under --commit, after each committed run), and the current cell's after every run.
-# Under --commit the table, runs.csv and plots are rebuilt and committed with each run.
+# Under --commit the table, runs.csv and plots are rebuilt and committed with each run, and
+# every hour the checkpoints of the runs in flight are carried (see carry_in_flight).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -12,10 +14,10 @@ mixphm=.venv/bin/mixphm
 out=results/easy-vqa-paper-v1
 seeds="13 21 42 87 100"
 methods="mixphm full houlsby pfeiffer adamix compacter lora bitfit ia3 mixphm-ra"
-# Every machine starts the grid afresh, and a run's checkpoint does not outlive its machine,
-# so the order at k = 500 and 1000 puts the longest runs that can finish within one machine's
-# hold first: MixPHM, k = 1000 before 500; full fine-tuning after it, whose k = 1000 runs the
-# estimate puts beyond one hold.
+# A run's checkpoint outlives its machine only if carried (committed), which full
+# fine-tuning's is too large for: MixPHM's k = 1000 and 500 runs come first, as they go on
+# across machines; full fine-tuning's after them, each of which must finish within one
+# machine's hold (its k = 1000 runs, by the estimate, cannot).
 grid=(
     "--ks 64 16 32 100 --seeds $seeds --methods $methods --zero-shot"
     "--ks 1000 500 --seeds 13 21 --methods mixphm"
@@ -60,9 +62,50 @@ PY
     done
 }
 
+carry_in_flight() {
+    # Commit the checkpoints of the runs in flight that git can hold, so that the next
+    # machine resumes them where they were (a resumed run ends exactly as an uninterrupted
+    # one); a run's own result commit removes its checkpoint again.
+    local checkpoints message
+    checkpoints=$(find $out/runs -name checkpoint.pt -size -${carry_limit_mb}M)
+    find $out/runs -name checkpoint.pt -size +$((carry_limit_mb - 1))M \
+        -printf "not carried (over $carry_limit_mb MB, lost with this machine): %h\n"
+    [ -n "$checkpoints" ] || return 0
+    # shellcheck disable=SC2086
+    message=$(.venv/bin/python - $checkpoints <<'PY'
+import sys, torch
+runs = []
+for path in sys.argv[1:]:
+    method, k, seed = path.split("/")[-4:-1]
+    epoch = torch.load(path, weights_only=True)["state"]["epoch"]
+    runs.append(f"{method} {k.replace('k', 'k = ')} {seed.replace('seed', 'seed ')} at epoch {epoch}")
+print("Checkpoints in flight (paper-v1), carried to the next machine: " + "; ".join(runs))
+PY
+)
+    # shellcheck disable=SC2086
+    flock .git/mixphm-commit.lock sh -c 'message=$1; shift
+        for checkpoint; do [ -f "$checkpoint" ] && git add -f "$checkpoint"; done
+        git diff --cached --quiet || { git commit -q -m "$message" && echo "carried: $message"; }
+    ' _ "$message" $checkpoints
+}
+
+carry_limit_mb=16  # a parameter-efficient run's checkpoint is ~2 MB, full fine-tuning's ~280
+if [ "${1:-}" = "--carry" ]; then
+    carry_in_flight
+    exit
+fi
 estimate_grid
 if [ "${1:-}" = "--commit" ]; then
-    ( while sleep 60; do commit_finished || echo "commit failed; retrying in a minute"; done ) &
+    (
+        minutes=0
+        while sleep 60; do
+            commit_finished || echo "commit failed; retrying in a minute"
+            minutes=$((minutes + 1))
+            if [ $((minutes % 60)) = 0 ]; then
+                carry_in_flight || echo "carrying the runs in flight failed; retrying in an hour"
+            fi
+        done
+    ) &
     watcher=$!
     trap 'kill $watcher 2>/dev/null' EXIT
 fi

@@ -170,9 +170,10 @@ def result_key(result: RunResult) -> tuple[str, int, int, str]:
 def remaining_estimate(finished: Sequence[RunResult], left: Sequence[RunSpec], workers: int) -> str:
     """The training time ``left`` needs, from the finished runs' train seconds: the mean of
     the same variant and k, else of any variant at that k, else the variant's nearest k
-    scaled by k (dev and test evaluations come on top). The longest single run is named: a
-    run longer than the time a machine is held cannot finish, since an interrupted run
-    resumes only from a checkpoint the next machine still has."""
+    scaled by k (dev and test evaluations come on top). The longest single run is named: an
+    interrupted run resumes only from a checkpoint the next machine has, so a run longer
+    than a machine's hold finishes only if its checkpoint is carried over (committed, as
+    ``scripts/paper-grid.sh`` does with those small enough for git)."""
     seconds: dict[tuple[str, int], list[float]] = defaultdict(list)
     for r in finished:
         if r.method != "zero-shot":
