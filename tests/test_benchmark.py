@@ -9,7 +9,14 @@ import pytest
 from tiny_models import tiny_candidates, tiny_split, tiny_vlm
 
 import mixphm.training.benchmark as benchmark
-from mixphm.training.recipe import PREDICTIONS_FILE, RunSpec, prediction_accuracy, train
+from mixphm.training import checkpoint
+from mixphm.training.recipe import (
+    CHECKPOINT_FILE,
+    PREDICTIONS_FILE,
+    RunSpec,
+    prediction_accuracy,
+    train,
+)
 
 
 def test_the_zero_shot_row_keeps_its_answers_and_is_not_recomputed(tmp_path, monkeypatch):
@@ -58,11 +65,28 @@ def test_a_finished_run_with_other_settings_is_refused(tmp_path):
         benchmark.pending([capped], tmp_path)
 
 
+def test_the_remaining_estimate_takes_off_what_runs_in_flight_have_trained(tmp_path):
+    finish(RunSpec("mixphm", 64, 13), tmp_path)  # 600 s of training
+    under_way, fresh = RunSpec("mixphm", 64, 21), RunSpec("mixphm", 64, 42)
+    path = benchmark.run_dir(tmp_path, under_way) / CHECKPOINT_FILE
+    checkpoint.save_atomic({"elapsed": 450.0}, path)
+    # 600 - 450 s for the run under way, 600 s for the fresh one: 750 s with one worker
+    assert benchmark.grid_estimate([under_way, fresh], tmp_path, workers=1) == (
+        "2 runs to go (1 already under way): about 0.2 h of training with 1 workers; the "
+        "longest, mixphm k = 64 seed 42, about 0.2 h alone"
+    )
+    checkpoint.save_atomic({"elapsed": 5000.0}, path)  # past its estimate: none left
+    assert benchmark.trained_so_far(tmp_path, [under_way, fresh]) == {under_way: 5000.0}
+    assert benchmark.grid_estimate([under_way], tmp_path, workers=1).startswith(
+        "1 runs to go (1 already under way): about 0.0 h"
+    )
+
+
 def test_a_checkpoint_resumes_only_the_run_that_wrote_it(tmp_path):
     data = (tiny_split(32, seed=0), tiny_split(16, seed=1), tiny_split(40, seed=2))
     objective = benchmark.CandidateScoring(tiny_candidates())
     train(RunSpec("mixphm", 32, 13, "tiny", max_epochs=1), tiny_vlm, data, objective, tmp_path)
-    assert (tmp_path / "checkpoint.pt").is_file()
+    assert checkpoint.trained_seconds(tmp_path / CHECKPOINT_FILE) > 0
     bf16 = RunSpec("mixphm", 32, 13, "tiny", max_epochs=1, mixed_precision="bf16")
     with pytest.raises(ValueError, match="mixed_precision='no', not mixed_precision='bf16'"):
         train(bf16, tiny_vlm, data, objective, tmp_path)

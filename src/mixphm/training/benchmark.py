@@ -16,7 +16,7 @@ import json
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, fields
 from functools import partial
 from pathlib import Path
@@ -24,8 +24,10 @@ from typing import Any
 
 import torch
 
+from mixphm.training import checkpoint
 from mixphm.training.objectives import CandidateScoring
 from mixphm.training.recipe import (
+    CHECKPOINT_FILE,
     RunResult,
     RunSpec,
     check_same_run,
@@ -85,7 +87,7 @@ def _run_one(out: Path, spec: RunSpec) -> RunResult:
     directory = run_dir(out, spec)
     objective = CandidateScoring(_setup.candidates)
     result = train(spec, backbone_factory(spec.backbone), data, objective, directory)
-    (directory / "checkpoint.pt").unlink()  # finished: best.safetensors and result.json remain
+    (directory / CHECKPOINT_FILE).unlink()  # finished: best.safetensors and result.json remain
     return result
 
 
@@ -151,7 +153,8 @@ def run_grid(
             report(result)
             left = [s for s in left if (s.variant, s.k, s.seed, s.backbone) != result_key(result)]
             finished = len(todo) - len(left)
-            print(remaining_estimate(collect(out, recipe), left, processes))
+            trained = trained_so_far(out, left)
+            print(remaining_estimate(collect(out, recipe), left, processes, trained))
             print(f"  ({finished} finished in {(time.monotonic() - started) / 3600:.1f} h)")
     return collect(out, recipe)
 
@@ -167,13 +170,20 @@ def result_key(result: RunResult) -> tuple[str, int, int, str]:
     return result.variant, result.k, result.seed, result.backbone
 
 
-def remaining_estimate(finished: Sequence[RunResult], left: Sequence[RunSpec], workers: int) -> str:
+def remaining_estimate(
+    finished: Sequence[RunResult],
+    left: Sequence[RunSpec],
+    workers: int,
+    trained: Mapping[RunSpec, float] | None = None,
+) -> str:
     """The training time ``left`` needs, from the finished runs' train seconds: the mean of
     the same variant and k, else of any variant at that k, else the variant's nearest k
-    scaled by k (dev and test evaluations come on top). The longest single run is named: an
+    scaled by k (dev and test evaluations come on top), less the seconds a run in flight
+    has ``trained`` already (by its checkpoint). The longest single run is named: an
     interrupted run resumes only from a checkpoint the next machine has, so a run longer
     than a machine's hold finishes only if its checkpoint is carried over (committed, as
     ``scripts/paper-grid.sh`` does with those small enough for git)."""
+    trained = trained or {}
     seconds: dict[tuple[str, int], list[float]] = defaultdict(list)
     for r in finished:
         if r.method != "zero-shot":
@@ -193,11 +203,14 @@ def remaining_estimate(finished: Sequence[RunResult], left: Sequence[RunSpec], w
         variant, k = min(seconds, key=lambda key: (key[0] != spec.variant, abs(key[1] - spec.k)))
         return statistics.fmean(seconds[(variant, k)]) * spec.k / k
 
-    estimates = [(estimate(spec), spec) for spec in left]
+    estimates = [(max(0.0, estimate(spec) - trained.get(spec, 0.0)), spec) for spec in left]
     hours = sum(seconds for seconds, _ in estimates) / workers / 3600
     longest_seconds, longest = max(estimates, key=lambda pair: pair[0])
+    resuming = sum(spec in trained for spec in left)
+    in_flight = f" ({resuming} already under way)" if resuming else ""
     return (
-        f"{len(left)} runs to go: about {hours:.1f} h of training with {workers} workers; "
+        f"{len(left)} runs to go{in_flight}: about {hours:.1f} h of training with {workers} "
+        "workers; "
         f"the longest, {longest.variant} k = {longest.k} seed {longest.seed}, about "
         f"{longest_seconds / 3600:.1f} h alone"
     )
@@ -238,7 +251,18 @@ def grid_estimate(specs: Sequence[RunSpec], out: Path, workers: int) -> str:
     nothing."""
     check_one_recipe(out, one_recipe(specs))
     todo = pending(specs, out, say=False)
-    return remaining_estimate(finished_results(out), todo, max(1, min(workers, len(todo))))
+    workers = max(1, min(workers, len(todo)))
+    return remaining_estimate(finished_results(out), todo, workers, trained_so_far(out, todo))
+
+
+def trained_so_far(out: Path, specs: Iterable[RunSpec]) -> dict[RunSpec, float]:
+    """The training seconds of each spec with a checkpoint under ``out`` (a run in flight)."""
+    trained = {}
+    for spec in specs:
+        seconds = checkpoint.trained_seconds(run_dir(out, spec) / CHECKPOINT_FILE)
+        if seconds is not None:
+            trained[spec] = seconds
+    return trained
 
 
 def recipe_note(recipes: Sequence[str]) -> str:

@@ -25,3 +25,11 @@ def load(path: Path) -> dict[str, Any] | None:
         return None
     state: dict[str, Any] = torch.load(path, weights_only=True)
     return state
+
+
+def trained_seconds(path: Path) -> float | None:
+    """The training seconds recorded in the checkpoint at ``path`` (None if there is none);
+    memory-mapped, so a full fine-tuning checkpoint's tensors are not read."""
+    if not path.is_file():
+        return None
+    return float(torch.load(path, weights_only=True, mmap=True)["elapsed"])

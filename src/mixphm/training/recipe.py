@@ -40,6 +40,8 @@ from mixphm.training.methods import apply_method, method_settings, regularizer_c
 from mixphm.training.objectives import Objective, Split
 from mixphm.training.recipes import DEFAULT_RECIPE, LEGACY_RECIPE, Recipe, get_recipe
 
+CHECKPOINT_FILE = "checkpoint.pt"
+"""An unfinished run's state, written after every dev evaluation (what a resume reads)."""
 BEST_FILE = "best.safetensors"
 """The best-dev trainable weights of a finished run (what ``mixphm predict`` loads)."""
 PREDICTIONS_FILE = "test_predictions.json"
@@ -230,7 +232,7 @@ def train(
     ``build_backbone`` returns the model ``objective`` drives (built fresh, or the very
     model a generative wrapper holds); the method's parameters are added to it in place.
     """
-    path = run_dir / "checkpoint.pt"
+    path = run_dir / CHECKPOINT_FILE
     saved = checkpoint.load(path)
     if saved is not None:
         check_same_run(spec, saved.get("settings", {}), path)
