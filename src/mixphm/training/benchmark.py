@@ -210,8 +210,7 @@ def remaining_estimate(
     in_flight = f" ({resuming} already under way)" if resuming else ""
     return (
         f"{len(left)} runs to go{in_flight}: about {hours:.1f} h of training with {workers} "
-        "workers; "
-        f"the longest, {longest.variant} k = {longest.k} seed {longest.seed}, about "
+        f"workers; the longest, {longest.variant} k = {longest.k} seed {longest.seed}, about "
         f"{longest_seconds / 3600:.1f} h alone"
     )
 
