@@ -89,7 +89,7 @@ PY
     ' _ "$message" $checkpoints
 }
 
-carry_limit_mb=16  # a parameter-efficient run's checkpoint is ~2 MB, full fine-tuning's ~370
+carry_limit_mb=16  # a parameter-efficient run's checkpoint is 0.5-5 MB, full fine-tuning's ~370
 if [ "${1:-}" = "--carry" ]; then
     carry_in_flight
     exit
