@@ -73,12 +73,15 @@ carry_in_flight() {
     [ -n "$checkpoints" ] || return 0
     # shellcheck disable=SC2086
     message=$(.venv/bin/python - $checkpoints <<'PY'
-import sys, torch
+import sys
+from pathlib import Path
+from mixphm.training import checkpoint
+from mixphm.training.recipe import run_label
 runs = []
 for path in sys.argv[1:]:
-    method, k, seed = path.split("/")[-4:-1]
-    epoch = torch.load(path, weights_only=True)["state"]["epoch"]
-    runs.append(f"{method} {k.replace('k', 'k = ')} {seed.replace('seed', 'seed ')} at epoch {epoch}")
+    saved = checkpoint.load(Path(path), mmap=True)
+    if saved is not None:  # None: the run finished since it was listed
+        runs.append(f"{run_label(saved['settings'])} at epoch {saved['state']['epoch']}")
 print("Checkpoints in flight (paper-v1), carried to the next machine: " + "; ".join(runs))
 PY
 )
