@@ -72,13 +72,13 @@ def test_the_remaining_estimate_takes_off_what_runs_in_flight_have_trained(tmp_p
     checkpoint.save_atomic({"elapsed": 450.0}, path)
     # 600 - 450 s for the run under way, 600 s for the fresh one: 750 s with one worker
     assert benchmark.grid_estimate([under_way, fresh], tmp_path, workers=1) == (
-        "2 runs to go (1 already under way): about 0.2 h of training with 1 workers; the "
+        "2 runs to go (1 already under way): about 0.2 h of training with 1 worker; the "
         "longest, mixphm k = 64 seed 42, about 0.2 h alone"
     )
     checkpoint.save_atomic({"elapsed": 5000.0}, path)  # past its estimate: none left
     assert benchmark.trained_so_far(tmp_path, [under_way, fresh]) == {under_way: 5000.0}
     assert benchmark.grid_estimate([under_way], tmp_path, workers=1).startswith(
-        "1 runs to go (1 already under way): about 0.0 h"
+        "1 run to go (1 already under way): about 0.0 h"
     )
 
 

@@ -170,6 +170,11 @@ def result_key(result: RunResult) -> tuple[str, int, int, str]:
     return result.variant, result.k, result.seed, result.backbone
 
 
+def plural(count: int, noun: str) -> str:
+    """``count`` and ``noun``, the noun with an s unless the count is one: "1 run", "2 runs"."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def remaining_estimate(
     finished: Sequence[RunResult],
     left: Sequence[RunSpec],
@@ -191,7 +196,7 @@ def remaining_estimate(
     if not left:
         return "grid finished"
     if not seconds:
-        return f"{len(left)} runs to go (no finished run to estimate from yet)"
+        return f"{plural(len(left), 'run')} to go (no finished run to estimate from yet)"
 
     def estimate(spec: RunSpec) -> float:
         same = seconds.get((spec.variant, spec.k))
@@ -209,9 +214,9 @@ def remaining_estimate(
     resuming = sum(spec in trained for spec in left)
     in_flight = f" ({resuming} already under way)" if resuming else ""
     return (
-        f"{len(left)} runs to go{in_flight}: about {hours:.1f} h of training with {workers} "
-        f"workers; the longest, {longest.variant} k = {longest.k} seed {longest.seed}, about "
-        f"{longest_seconds / 3600:.1f} h alone"
+        f"{plural(len(left), 'run')} to go{in_flight}: about {hours:.1f} h of training with "
+        f"{plural(workers, 'worker')}; the longest, {longest.variant} k = {longest.k} seed "
+        f"{longest.seed}, about {longest_seconds / 3600:.1f} h alone"
     )
 
 
