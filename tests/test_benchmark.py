@@ -116,6 +116,15 @@ def test_a_folder_of_one_recipe_refuses_runs_and_tables_of_another(tmp_path):
         benchmark.collect(tmp_path)
 
 
+def test_a_second_grid_on_the_same_folder_is_refused_while_the_first_trains(tmp_path):
+    spec = RunSpec("mixphm", 64, 21, "tiny")
+    refused = pytest.raises(RuntimeError, match="another mixphm process is training into")
+    with benchmark.training_lock(tmp_path), refused:
+        benchmark.run_grid([spec], tmp_path)
+    with benchmark.training_lock(tmp_path):  # released when the first one ends
+        pass
+
+
 def test_the_remaining_estimate_comes_from_finished_runs(tmp_path):
     finish(RunSpec("mixphm", 64, 13), tmp_path)  # 600 s of training
     finished = benchmark.collect(tmp_path, "paper-v1")

@@ -12,11 +12,13 @@ grid, never mix recipes.
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, fields
 from functools import partial
 from pathlib import Path
@@ -141,6 +143,34 @@ def run_grid(
     share the cores. After each finished run, prints an estimate of the time left."""
     recipe = one_recipe(specs)
     check_one_recipe(out, recipe)
+    with training_lock(out):
+        train_pending(specs, out, recipe, test_limit, workers)
+    return collect(out, recipe)
+
+
+TRAINING_LOCK = ".training.lock"
+
+
+@contextmanager
+def training_lock(out: Path) -> Iterator[None]:
+    """Holds ``out``'s training lock: a second grid on the same folder would train the same
+    runs and overwrite each other's checkpoints, so it is refused instead."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / TRAINING_LOCK, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(
+                f"another mixphm process is training into {out}; wait for it to finish or stop "
+                "it (its finished runs are kept and unfinished ones resume), then rerun"
+            ) from None
+        yield
+
+
+def train_pending(
+    specs: Sequence[RunSpec], out: Path, recipe: str, test_limit: int | None, workers: int
+) -> None:
+    """Trains the specs without a result yet, printing the time left after each."""
     todo = pending(specs, out)
     for backbone in sorted({s.backbone for s in todo}):
         backbone_factory(backbone)  # build shared artefacts once, before the workers start
@@ -156,7 +186,6 @@ def run_grid(
             trained = trained_so_far(out, left)
             print(remaining_estimate(collect(out, recipe), left, processes, trained))
             print(f"  ({finished} finished in {(time.monotonic() - started) / 3600:.1f} h)")
-    return collect(out, recipe)
 
 
 def one_recipe(specs: Sequence[RunSpec]) -> str:
