@@ -15,12 +15,13 @@ out=results/easy-vqa-paper-v1
 seeds="13 21 42 87 100"
 methods="mixphm full houlsby pfeiffer adamix compacter lora bitfit ia3 mixphm-ra"
 # A run's checkpoint outlives its machine only if carried (committed), which full
-# fine-tuning's is too large for: MixPHM's k = 1000 and 500 runs come first, as they go on
-# across machines; full fine-tuning's after them, each of which must finish within one
-# machine's hold (its k = 1000 runs, by the estimate, cannot).
+# fine-tuning's is too large for: MixPHM's k = 500 and 1000 runs come first, as they go on
+# across machines (k = 500 first: its two runs fit one machine's hold, so that cell lands
+# whole); full fine-tuning's after them, each of which must finish within one machine's
+# hold (its k = 1000 runs, by the estimate, cannot).
 grid=(
     "--ks 64 16 32 100 --seeds $seeds --methods $methods --zero-shot"
-    "--ks 1000 500 --seeds 13 21 --methods mixphm"
+    "--ks 500 1000 --seeds 13 21 --methods mixphm"
     "--ks 500 1000 --seeds 13 21 --methods full"
 )
 
