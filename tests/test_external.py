@@ -100,3 +100,15 @@ def test_two_torchrun_ranks_train_one_run_and_rank_zero_writes_the_table(vlt5_fi
     assert result["epochs"] == 2
     assert len((out / "runs.csv").read_text().splitlines()) == 2  # the header and the run
     assert done.stdout.count("Test accuracy (%) on vqa-v2") == 1  # printed by rank 0 only
+
+
+def test_torchrun_ranks_are_refused_together_while_another_process_trains_there(tmp_path):
+    from two_ranks import TESTS, torchrun_two_ranks
+
+    from mixphm.training.benchmark import training_lock
+
+    with training_lock(tmp_path):
+        torchrun_two_ranks(str(TESTS / "lock_worker.py"), str(tmp_path), timeout=300)
+    for rank in (0, 1):  # rank 1 holds no lock file: it learns of the refusal from rank 0
+        outcome = (tmp_path / f"rank{rank}.txt").read_text()
+        assert outcome.startswith("another mixphm process is training into")

@@ -5,10 +5,13 @@ JSON layout. Same protocol and recipe as the offline default; answers are genera
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 
 from mixphm.backbones.generation import Decoding
 from mixphm.data import VQADataset, load_vlt5_vqa, sample_low_resource
@@ -92,6 +95,26 @@ def run_external(
     return train(spec, lambda: vqa.model, splits, objective, run_dir, accelerator)
 
 
+@contextmanager
+def group_training_lock(out: Path, accelerator: Accelerator) -> Iterator[None]:
+    """``out``'s training lock (``benchmark.training_lock``) for a whole DDP group: the main
+    process holds it, and if another process holds it every rank is refused together (a
+    rank left to go on alone would wait forever for the others)."""
+    from mixphm.training.benchmark import training_lock
+
+    with ExitStack() as held:
+        refusal: list[str | None] = [None]
+        if accelerator.is_main_process:
+            try:
+                held.enter_context(training_lock(out))
+            except RuntimeError as error:
+                refusal = [str(error)]
+        broadcast_object_list(refusal)
+        if refusal[0] is not None:
+            raise RuntimeError(refusal[0])
+        yield
+
+
 def run_external_grid(
     specs: list[RunSpec],
     data: ExternalData,
@@ -111,13 +134,14 @@ def run_external_grid(
     main = accelerator.is_main_process
     todo = pending(specs, out, say=main)
     if todo:
-        pool = data.load(data.train_files, "train")
-        test = data.load(data.test_files, "test")
-        for spec in todo:
-            directory = run_dir(out, spec)
-            result = run_external(
-                spec, pool, test, checkpoint, tokenizer, decoding, directory, accelerator
-            )
-            if main:
-                report(result)
+        with group_training_lock(out, accelerator):
+            pool = data.load(data.train_files, "train")
+            test = data.load(data.test_files, "test")
+            for spec in todo:
+                directory = run_dir(out, spec)
+                result = run_external(
+                    spec, pool, test, checkpoint, tokenizer, decoding, directory, accelerator
+                )
+                if main:
+                    report(result)
     return collect(out) if main else None
