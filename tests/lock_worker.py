@@ -4,6 +4,7 @@ the group's lock and writes what it got to <out>/rank<R>.txt ("held" or the refu
 import sys
 from pathlib import Path
 
+import torch.distributed as dist
 from accelerate import Accelerator
 
 from mixphm.training.external import group_training_lock
@@ -17,6 +18,9 @@ def main(out: Path) -> None:
     except RuntimeError as refusal:
         outcome = str(refusal)
     (out / f"rank{accelerator.process_index}.txt").write_text(outcome)
+    # exiting with the gloo group alive can abort a rank ("terminate called without an
+    # active exception"), which fails the run although every rank did its work
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
