@@ -1,26 +1,30 @@
-"""Run under torchrun while another process holds <out>'s training lock: every rank asks for
-the group's lock and writes what it got to <out>/rank<R>.txt ("held" or the refusal)."""
+"""Run under torchrun while another process holds <out>'s training lock: every rank starts
+the production grid and writes to <out>/rank<R>.json the refusal it got and whether its
+process group was still alive afterwards."""
 
+import json
+import os
 import sys
 from pathlib import Path
 
 import torch.distributed as dist
-from accelerate import Accelerator
 
-from mixphm.training.external import group_training_lock
+from mixphm.backbones.generation import Decoding
+from mixphm.training.external import ExternalData, run_external_grid
+from mixphm.training.recipe import RunSpec
 
 
 def main(out: Path) -> None:
-    accelerator = Accelerator(cpu=True)
+    # never read: the refusal comes before the grid loads its data
+    data = ExternalData("vqa-v2", (out / "train.json",), (out / "test.json",))
+    spec = RunSpec("mixphm", k=4, seed=13, backbone="vlt5")
     try:
-        with group_training_lock(out, accelerator):
-            outcome = "held"
+        run_external_grid([spec], data, None, "t5-base", Decoding(), out)
+        outcome = "held"
     except RuntimeError as refusal:
         outcome = str(refusal)
-    (out / f"rank{accelerator.process_index}.txt").write_text(outcome)
-    # exiting with the gloo group alive can abort a rank ("terminate called without an
-    # active exception"), which fails the run although every rank did its work
-    dist.destroy_process_group()
+    record = {"outcome": outcome, "group_alive": dist.is_initialized()}
+    (out / f"rank{os.environ['RANK']}.json").write_text(json.dumps(record))
 
 
 if __name__ == "__main__":

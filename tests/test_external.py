@@ -102,7 +102,7 @@ def test_two_torchrun_ranks_train_one_run_and_rank_zero_writes_the_table(vlt5_fi
     assert done.stdout.count("Test accuracy (%) on vqa-v2") == 1  # printed by rank 0 only
 
 
-def test_torchrun_ranks_are_refused_together_while_another_process_trains_there(tmp_path):
+def test_torchrun_ranks_are_refused_together_and_leave_no_process_group_behind(tmp_path):
     from two_ranks import TESTS, torchrun_two_ranks
 
     from mixphm.training.benchmark import training_lock
@@ -110,5 +110,6 @@ def test_torchrun_ranks_are_refused_together_while_another_process_trains_there(
     with training_lock(tmp_path):
         torchrun_two_ranks(str(TESTS / "lock_worker.py"), str(tmp_path), timeout=300)
     for rank in (0, 1):  # rank 1 holds no lock file: it learns of the refusal from rank 0
-        outcome = (tmp_path / f"rank{rank}.txt").read_text()
-        assert outcome.startswith("another mixphm process is training into")
+        record = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert record["outcome"].startswith("another mixphm process is training into")
+        assert not record["group_alive"]

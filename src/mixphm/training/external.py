@@ -127,21 +127,26 @@ def run_external_grid(
     or DDP under ``torchrun`` / ``accelerate launch``; the specs share one precision);
     finished runs are skipped, interrupted ones resume. The split files are read once for
     the whole grid. Returns every finished run under ``out`` in the main process (which
-    alone reports and writes ``runs.csv``), None in the others."""
+    alone reports and writes ``runs.csv``), None in the others. The process group is torn
+    down on the way out, finished or refused: a gloo rank that exits with its group alive
+    can abort ("terminate called without an active exception") after its work is done."""
     from mixphm.training.benchmark import collect, pending, report, run_dir
 
     accelerator = make_accelerator(specs[0].mixed_precision)
     main = accelerator.is_main_process
-    todo = pending(specs, out, say=main)
-    if todo:
-        with group_training_lock(out, accelerator):
-            pool = data.load(data.train_files, "train")
-            test = data.load(data.test_files, "test")
-            for spec in todo:
-                directory = run_dir(out, spec)
-                result = run_external(
-                    spec, pool, test, checkpoint, tokenizer, decoding, directory, accelerator
-                )
-                if main:
-                    report(result)
+    try:
+        todo = pending(specs, out, say=main)
+        if todo:
+            with group_training_lock(out, accelerator):
+                pool = data.load(data.train_files, "train")
+                test = data.load(data.test_files, "test")
+                for spec in todo:
+                    directory = run_dir(out, spec)
+                    result = run_external(
+                        spec, pool, test, checkpoint, tokenizer, decoding, directory, accelerator
+                    )
+                    if main:
+                        report(result)
+    finally:
+        accelerator.end_training()
     return collect(out) if main else None
