@@ -134,3 +134,9 @@ def test_the_remaining_estimate_comes_from_finished_runs(tmp_path):
         "3 runs to go: about 0.3 h of training with 2 workers; the longest, mixphm k = 128 "
         "seed 13, about 0.3 h alone"
     )
+
+
+def test_a_lone_run_gets_every_core_and_a_pool_shares_them():
+    assert benchmark.threads_per_worker(cores=2, processes=1) == 2
+    assert benchmark.threads_per_worker(cores=16, processes=3) == 5
+    assert benchmark.threads_per_worker(cores=1, processes=2) == 1

@@ -167,6 +167,12 @@ def training_lock(out: Path) -> Iterator[None]:
         yield
 
 
+def threads_per_worker(cores: int, processes: int) -> int:
+    """The intra-op threads of each of ``processes`` workers sharing ``cores``: a lone run
+    (one left in its cell) gets every core instead of its share of a pool it does not need."""
+    return max(1, cores // processes)
+
+
 def train_pending(
     specs: Sequence[RunSpec], out: Path, recipe: str, test_limit: int | None, workers: int
 ) -> None:
@@ -175,9 +181,8 @@ def train_pending(
     for backbone in sorted({s.backbone for s in todo}):
         backbone_factory(backbone)  # build shared artefacts once, before the workers start
     if todo:
-        threads = max(1, torch.get_num_threads() // workers)
-        setup = (test_limit, threads)
         processes = min(workers, len(todo))
+        setup = (test_limit, threads_per_worker(torch.get_num_threads(), processes))
         left, started = list(todo), time.monotonic()
         for result in map_in_workers(partial(_run_one, out), todo, processes, _worker_init, setup):
             report(result)
