@@ -36,16 +36,16 @@ def test_the_zero_shot_row_keeps_its_answers_and_is_not_recomputed(tmp_path, mon
     assert (reread.method, reread.test_accuracy) == ("zero-shot", result.test_accuracy)
 
 
-def finish(spec, out, legacy=False):
+def finish(spec, out, legacy=False, train_seconds=600.0):
     """A finished run's record for ``spec``; ``legacy``: as runs before recipes wrote it."""
     folder = benchmark.run_dir(out, spec)
     folder.mkdir(parents=True)
     result = {"method": spec.method, "k": spec.k, "seed": spec.seed, "backbone": spec.backbone}
     if not legacy:
         result |= {"recipe": spec.recipe, "dev_accuracy": 50.0, "test_accuracy": 60.0}
-        result |= {"trainable_parameters": 1, "total_parameters": 10, "train_seconds": 600.0}
-        result |= {"epochs": 30, "best_epoch": 9, "last_test_accuracy": 55.0}
-        result |= {"test_questions": 9673}
+        result |= {"trainable_parameters": 1, "total_parameters": 10}
+        result |= {"train_seconds": train_seconds, "epochs": 30, "best_epoch": 9}
+        result |= {"last_test_accuracy": 55.0, "test_questions": 9673}
     (folder / "result.json").write_text(json.dumps(result))
     return folder
 
@@ -133,6 +133,20 @@ def test_the_remaining_estimate_comes_from_finished_runs(tmp_path):
     assert benchmark.remaining_estimate(finished, left, workers=2) == (
         "3 runs to go: about 0.3 h of training with 2 workers; the longest, mixphm k = 128 "
         "seed 13, about 0.3 h alone"
+    )
+
+
+def test_a_method_without_runs_at_a_k_is_estimated_by_its_cost_relative_to_the_others(tmp_path):
+    finish(RunSpec("mixphm", 16, 13), tmp_path, train_seconds=100.0)
+    finish(RunSpec("full", 16, 13), tmp_path, train_seconds=400.0)  # 4 times mixphm's
+    finish(RunSpec("mixphm", 64, 13), tmp_path, train_seconds=300.0)
+    finish(RunSpec("full", 64, 13), tmp_path, train_seconds=300.0)  # as long as mixphm's
+    finish(RunSpec("mixphm", 1000, 13), tmp_path, train_seconds=1800.0)
+    finished = benchmark.collect(tmp_path, "paper-v1")
+    # mixphm's 1,800 s at k = 1000 times full's geometric-mean cost relative to it, 2
+    assert benchmark.remaining_estimate(finished, [RunSpec("full", 1000, 13)], workers=1) == (
+        "1 run to go: about 1.0 h of training with 1 worker; the longest, full k = 1000 seed "
+        "13, about 1.0 h alone"
     )
 
 

@@ -216,12 +216,14 @@ def remaining_estimate(
     trained: Mapping[RunSpec, float] | None = None,
 ) -> str:
     """The training time ``left`` needs, from the finished runs' train seconds: the mean of
-    the same variant and k, else of any variant at that k, else the variant's nearest k
-    scaled by k (dev and test evaluations come on top), less the seconds a run in flight
-    has ``trained`` already (by its checkpoint). The longest single run is named: an
-    interrupted run resumes only from a checkpoint the next machine has, so a run longer
-    than a machine's hold finishes only if its checkpoint is carried over (committed, as
-    ``scripts/paper-grid.sh`` does with those small enough for git)."""
+    the same variant and k; else that of the other variants at that k times the variant's
+    relative cost (full fine-tuning trains about twice as long as an adapter at the same k);
+    else the variant's nearest k scaled by k; less the seconds a run in flight has
+    ``trained`` already (by its checkpoint). Dev and test evaluations come on top. The
+    longest single run is named: an interrupted run resumes only from a checkpoint the next
+    machine has, so a run longer than a machine's hold finishes only if its checkpoint is
+    carried over (committed, as ``scripts/paper-grid.sh`` does with those small enough for
+    git)."""
     trained = trained or {}
     seconds: dict[tuple[str, int], list[float]] = defaultdict(list)
     for r in finished:
@@ -232,13 +234,26 @@ def remaining_estimate(
     if not seconds:
         return f"{plural(len(left), 'run')} to go (no finished run to estimate from yet)"
 
+    def others_at(variant: str, k: int) -> list[float]:
+        return [t for (v, at), times in seconds.items() if at == k and v != variant for t in times]
+
+    def relative_cost(variant: str) -> float:
+        """The geometric mean, over the ks where ``variant`` and others have finished runs,
+        of its mean train seconds over theirs; 1 where there is no such k."""
+        ratios = [
+            statistics.fmean(times) / statistics.fmean(others)
+            for (v, k), times in seconds.items()
+            if v == variant and (others := others_at(variant, k))
+        ]
+        return statistics.geometric_mean(ratios) if ratios else 1.0
+
     def estimate(spec: RunSpec) -> float:
         same = seconds.get((spec.variant, spec.k))
         if same:
             return statistics.fmean(same)
-        at_k = [t for (_, k), times in seconds.items() if k == spec.k for t in times]
+        at_k = others_at(spec.variant, spec.k)
         if at_k:
-            return statistics.fmean(at_k)
+            return statistics.fmean(at_k) * relative_cost(spec.variant)
         variant, k = min(seconds, key=lambda key: (key[0] != spec.variant, abs(key[1] - spec.k)))
         return statistics.fmean(seconds[(variant, k)]) * spec.k / k
 
