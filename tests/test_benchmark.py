@@ -148,9 +148,3 @@ def test_a_method_without_runs_at_a_k_is_estimated_by_its_cost_relative_to_the_o
         "1 run to go: about 1.0 h of training with 1 worker; the longest, full k = 1000 seed "
         "13, about 1.0 h alone"
     )
-
-
-def test_a_lone_run_gets_every_core_and_a_pool_shares_them():
-    assert benchmark.threads_per_worker(cores=2, processes=1) == 2
-    assert benchmark.threads_per_worker(cores=16, processes=3) == 5
-    assert benchmark.threads_per_worker(cores=1, processes=2) == 1

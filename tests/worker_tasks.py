@@ -9,10 +9,14 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from mixphm import cli
+from mixphm.training.cores import CoreShare
 from mixphm.training.workers import map_in_workers
+
+_share: CoreShare | None = None
 
 
 def square(number: int) -> int:
@@ -44,6 +48,27 @@ def answer_or_hold(item: int | str) -> int | None:
         return item
     hold(item)
     return None
+
+
+def take_share(share: CoreShare) -> None:
+    global _share
+    _share = share
+    share.apply()
+
+
+def threads_at_the_end(run: str) -> int:
+    """The run "quick" finishes at once; any other waits for the others to finish, then
+    takes its share again. Either returns its intra-op threads at its end."""
+    assert _share is not None
+    if run == "quick":
+        _share.finished_one()
+        return torch.get_num_threads()
+    deadline = time.monotonic() + 60
+    while _share.unfinished.value > 1:
+        assert time.monotonic() < deadline, "the other run's end never reached this worker"
+        time.sleep(0.01)
+    _share.apply()
+    return torch.get_num_threads()
 
 
 def held_runs(args, command) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from mixphm.training import checkpoint
+from mixphm.training.cores import CoreShare
 from mixphm.training.objectives import CandidateScoring
 from mixphm.training.recipe import (
     CHECKPOINT_FILE,
@@ -44,6 +45,7 @@ from mixphm.training.tables import markdown_table
 from mixphm.training.workers import map_in_workers
 
 _setup: OfflineSetup | None = None
+_share: CoreShare | None = None
 
 
 def folder_name(backbone: str) -> str:
@@ -77,18 +79,29 @@ def check_one_recipe(out: Path, recipe: str) -> None:
         )
 
 
-def _worker_init(test_limit: int | None, threads: int) -> None:
-    global _setup
-    torch.set_num_threads(threads)
+def _worker_init(test_limit: int | None, share: CoreShare) -> None:
+    global _setup, _share
+    _share = share
+    share.apply()
     _setup = OfflineSetup.build(test_limit=test_limit)
 
 
 def _run_one(out: Path, spec: RunSpec) -> RunResult:
-    assert _setup is not None
+    assert _setup is not None and _share is not None
     data = _setup.splits(spec.k, spec.seed)
     directory = run_dir(out, spec)
     objective = CandidateScoring(_setup.candidates)
-    result = train(spec, backbone_factory(spec.backbone), data, objective, directory)
+    try:
+        result = train(
+            spec,
+            backbone_factory(spec.backbone),
+            data,
+            objective,
+            directory,
+            before_epoch=_share.apply,
+        )
+    finally:
+        _share.finished_one()
     (directory / CHECKPOINT_FILE).unlink()  # finished: best.safetensors and result.json remain
     return result
 
@@ -167,12 +180,6 @@ def training_lock(out: Path) -> Iterator[None]:
         yield
 
 
-def threads_per_worker(cores: int, processes: int) -> int:
-    """The intra-op threads of each of ``processes`` workers sharing ``cores``: a lone run
-    (one left in its cell) gets every core instead of its share of a pool it does not need."""
-    return max(1, cores // processes)
-
-
 def train_pending(
     specs: Sequence[RunSpec], out: Path, recipe: str, test_limit: int | None, workers: int
 ) -> None:
@@ -182,7 +189,7 @@ def train_pending(
         backbone_factory(backbone)  # build shared artefacts once, before the workers start
     if todo:
         processes = min(workers, len(todo))
-        setup = (test_limit, threads_per_worker(torch.get_num_threads(), processes))
+        setup = (test_limit, CoreShare.create(torch.get_num_threads(), processes, len(todo)))
         left, started = list(todo), time.monotonic()
         for result in map_in_workers(partial(_run_one, out), todo, processes, _worker_init, setup):
             report(result)

@@ -226,11 +226,14 @@ def train(
     objective: Objective,
     run_dir: Path,
     accelerator: Accelerator | None = None,
+    before_epoch: Callable[[], None] = lambda: None,
 ) -> RunResult:
     """Train one run in ``run_dir`` (resuming if it has a checkpoint); returns its result.
 
     ``build_backbone`` returns the model ``objective`` drives (built fresh, or the very
     model a generative wrapper holds); the method's parameters are added to it in place.
+    ``before_epoch`` is called at the start of every epoch (a grid's worker takes its
+    share of the cores there).
     """
     path = run_dir / CHECKPOINT_FILE
     saved = checkpoint.load(path)
@@ -286,6 +289,7 @@ def train(
         mininterval=2.0,
     )
     for epoch in progress:
+        before_epoch()
         started = time.perf_counter()
         order = torch.randperm(
             len(train_split), generator=torch.Generator().manual_seed(spec.seed * 100_003 + epoch)
