@@ -123,10 +123,15 @@ def test_the_regularizer_enters_the_mixphm_ra_loss(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("name", "epochs", "saved_epoch"), [(PAPER.name, 35, 20), (QUICK.name, 4, 2)]
+    ("name", "epochs", "seconds_between_checkpoints", "saved_epoch"),
+    [
+        (PAPER.name, 35, 300.0, 20),  # the checkpoint of the second dev evaluation
+        (PAPER.name, 35, 0.0, 29),  # that of the epoch before the third, between evaluations
+        (QUICK.name, 4, 300.0, 2),
+    ],
 )
 def test_resumed_run_ends_exactly_like_an_uninterrupted_one(
-    tmp_path, monkeypatch, name, epochs, saved_epoch
+    tmp_path, monkeypatch, name, epochs, seconds_between_checkpoints, saved_epoch
 ):
     straight = run("mixphm", tmp_path / "a", epochs, name)
     evaluations = {"count": 0}
@@ -140,7 +145,13 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_one(
 
     monkeypatch.setattr(recipe, "accuracy", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run("mixphm", tmp_path / "b", epochs, name)
+        run(
+            "mixphm",
+            tmp_path / "b",
+            epochs,
+            name,
+            seconds_between_checkpoints=seconds_between_checkpoints,
+        )
     monkeypatch.setattr(recipe, "accuracy", original)
     saved = checkpoint.load(tmp_path / "b" / "mixphm" / "checkpoint.pt")["state"]
     assert saved["epoch"] == saved_epoch

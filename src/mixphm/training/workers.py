@@ -5,8 +5,9 @@ KeyboardInterrupt, it would report its run as failed and start the next one, and
 command would end only when the runs in flight had (a k = 1000 run trains for 25 minutes),
 in a traceback. So workers ignore SIGINT, and when the parent is interrupted (Ctrl-C, or
 SIGTERM, which the CLI turns into the same) it terminates them at once. A run then loses
-at most the epochs since its last dev evaluation, after which its checkpoint is written
-atomically (every epoch under the quick-v1 recipe, every 10 under paper-v1).
+at most the epochs since its last checkpoint, written atomically after every dev evaluation
+(every epoch under the quick-v1 recipe, every 10 under paper-v1) and after the first epoch
+that ends five minutes or more after the last one.
 A worker that dies (the kernel's out-of-memory killer) ends the command with an error.
 """
 
