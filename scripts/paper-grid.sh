@@ -18,11 +18,14 @@ methods="mixphm full houlsby pfeiffer adamix compacter lora bitfit ia3 mixphm-ra
 # fine-tuning's is too large for: MixPHM's k = 500 and 1000 runs come first, as they go on
 # across machines (k = 500 first: its two runs fit one machine's hold, so that cell lands
 # whole); full fine-tuning's after them, each of which must finish within one machine's
-# hold (its k = 1000 runs, by the estimate, cannot).
+# hold. So those train one at a time, with both cores: at k = 1000 a run alone trained
+# 28 s per epoch on 2026-12-07's second machine, two side by side 42 s each, so the first
+# lands after ~105 minutes (220 epochs) instead of both after ~155, past a session's hold.
+# Each cell: the number of workers, then its benchmark options.
 grid=(
-    "--ks 64 16 32 100 --seeds $seeds --methods $methods --zero-shot"
-    "--ks 500 1000 --seeds 13 21 --methods mixphm"
-    "--ks 500 1000 --seeds 13 21 --methods full"
+    "2 --ks 64 16 32 100 --seeds $seeds --methods $methods --zero-shot"
+    "2 --ks 500 1000 --seeds 13 21 --methods mixphm"
+    "1 --ks 500 1000 --seeds 13 21 --methods full"
 )
 
 summarize() {
@@ -31,11 +34,12 @@ summarize() {
 }
 
 estimate_grid() {
-    local cells
+    local cells options
     echo "the grid's runs left, cell by cell:"
     for cells in "${grid[@]}"; do
+        options=${cells#* }
         # shellcheck disable=SC2086
-        echo "  ${cells%% --seeds*} (${cells##*--methods }): $($mixphm benchmark --recipe paper-v1 --out $out $cells --estimate-only)"
+        echo "  ${options%% --seeds*} (${cells##*--methods }, ${cells%% *} at a time): $($mixphm benchmark --recipe paper-v1 --out $out --workers ${cells%% *} $options --estimate-only)"
     done
 }
 
@@ -115,6 +119,6 @@ if [ "${1:-}" = "--commit" ]; then
 fi
 for cells in "${grid[@]}"; do
     # shellcheck disable=SC2086
-    $mixphm benchmark --recipe paper-v1 --out $out --workers 2 $cells
+    $mixphm benchmark --recipe paper-v1 --out $out --workers ${cells%% *} ${cells#* }
 done
 [ "${1:-}" = "--commit" ] && commit_finished
