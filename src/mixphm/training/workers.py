@@ -2,7 +2,7 @@
 
 Ctrl-C reaches every process of the terminal's process group. If each worker took it as a
 KeyboardInterrupt, it would report its run as failed and start the next one, and the
-command would end only when the runs in flight had (a k = 1000 run trains for 25 minutes),
+command would end only when the runs in flight had (hours, for a paper-v1 run at k = 1000),
 in a traceback. So workers ignore SIGINT, and when the parent is interrupted (Ctrl-C, or
 SIGTERM, which the CLI turns into the same) it terminates them at once. A run then loses
 at most the epochs since its last checkpoint, written atomically after every dev evaluation
