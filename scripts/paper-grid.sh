@@ -19,8 +19,8 @@ methods="mixphm full houlsby pfeiffer adamix compacter lora bitfit ia3 mixphm-ra
 # across machines (k = 500 first: its two runs fit one machine's hold, so that cell lands
 # whole); full fine-tuning's after them, each of which must finish within one machine's
 # hold. So those train one at a time, with both cores: at k = 1000 a run alone trained
-# 28 s per epoch on 2026-12-07's second machine, two side by side 42 s each, so the first
-# lands after ~105 minutes (220 epochs) instead of both after ~155, past a session's hold.
+# 27 s per epoch on 2026-12-07's second machine (230 epochs in 104 minutes, seed 13), two
+# side by side about 42 s each, so both would land only after ~155 minutes, past a hold.
 # Each cell: the number of workers, then its benchmark options.
 grid=(
     "2 --ks 64 16 32 100 --seeds $seeds --methods $methods --zero-shot"
