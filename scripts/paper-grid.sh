@@ -34,12 +34,12 @@ summarize() {
 }
 
 estimate_grid() {
-    local cells options
+    local cells workers options
     echo "the grid's runs left, cell by cell:"
     for cells in "${grid[@]}"; do
-        options=${cells#* }
+        read -r workers options <<<"$cells"
         # shellcheck disable=SC2086
-        echo "  ${options%% --seeds*} (${cells##*--methods }, ${cells%% *} at a time): $($mixphm benchmark --recipe paper-v1 --out $out --workers ${cells%% *} $options --estimate-only)"
+        echo "  ${options%% --seeds*} (${options##*--methods }, $workers at a time): $($mixphm benchmark --recipe paper-v1 --out $out --workers $workers $options --estimate-only)"
     done
 }
 
@@ -118,7 +118,8 @@ if [ "${1:-}" = "--commit" ]; then
     trap 'kill $watcher 2>/dev/null' EXIT
 fi
 for cells in "${grid[@]}"; do
+    read -r workers options <<<"$cells"
     # shellcheck disable=SC2086
-    $mixphm benchmark --recipe paper-v1 --out $out --workers ${cells%% *} ${cells#* }
+    $mixphm benchmark --recipe paper-v1 --out $out --workers $workers $options
 done
 [ "${1:-}" = "--commit" ] && commit_finished
