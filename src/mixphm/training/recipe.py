@@ -237,8 +237,8 @@ def train(
     share of the cores there). A checkpoint is written after every dev evaluation, and
     after any epoch that ends ``seconds_between_checkpoints`` or more after the last one
     was written, so an interruption between the paper recipe's evaluations (10 epochs
-    apart, about 16 minutes of full fine-tuning at k = 1000 on two CPU cores) loses
-    little.
+    apart: 4.5 to 16 minutes of full fine-tuning at k = 1000 on the two-core machines
+    measured, alone or beside another run) loses little.
     """
     path = run_dir / CHECKPOINT_FILE
     saved = checkpoint.load(path)
