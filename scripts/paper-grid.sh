@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The paper-recipe grid (experiments.sh step 6), most telling cells first; resumable.
-#   bash scripts/paper-grid.sh            run it (finished runs are skipped)
-#   bash scripts/paper-grid.sh --commit   run it and commit each finished run as it lands
-#   bash scripts/paper-grid.sh --carry    commit the runs in flight now (before a machine goes)
+# The paper-recipe grids (experiments.sh steps 6-7), most telling cells first; resumable.
+#   bash scripts/paper-grid.sh [--grid G]            run grid G (finished runs are skipped)
+#   bash scripts/paper-grid.sh [--grid G] --commit   ... and commit each finished run as it lands
+#   bash scripts/paper-grid.sh [--grid G] --carry    commit G's runs in flight now
+# Grids: table (default; the paper-v1 table) and ablation (MixPHM's parts at k = 64).
 # The log goes to stdout: the whole grid's remaining estimate, cell by cell, at the start
 # (and, under --commit, after each committed run), and the current cell's after every run.
 # Under --commit the table, runs.csv and plots are rebuilt and committed with each run, and
@@ -11,26 +12,48 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 mixphm=.venv/bin/mixphm
-out=results/easy-vqa-paper-v1
 seeds="13 21 42 87 100"
-methods="mixphm full houlsby pfeiffer adamix compacter lora bitfit ia3 mixphm-ra"
-# A run's checkpoint outlives its machine only if carried (committed), which full
-# fine-tuning's is too large for: MixPHM's k = 500 and 1000 runs come first, as they go on
-# across machines (k = 500 first: its two runs fit one machine's hold, so that cell lands
-# whole); full fine-tuning's after them, each of which must finish within one machine's
-# hold. So those train one at a time, with both cores: at k = 1000 a run alone trained
-# 27 s per epoch on 2026-12-07's second machine (230 epochs in 104 minutes, seed 13), two
-# side by side about 42 s each, so both would land only after ~155 minutes, past a hold.
-# Each cell: the number of workers, then its benchmark options.
-grid=(
-    "2 --ks 64 16 32 100 --seeds $seeds --methods $methods --zero-shot"
-    "2 --ks 500 1000 --seeds 13 21 --methods mixphm"
-    "1 --ks 500 1000 --seeds 13 21 --methods full"
-)
+grid_name=table
+if [ "${1:-}" = "--grid" ]; then
+    grid_name=$2
+    shift 2
+fi
+case $grid_name in
+table)
+    out=results/easy-vqa-paper-v1
+    methods="mixphm full houlsby pfeiffer adamix compacter lora bitfit ia3 mixphm-ra"
+    table_options="--ks 16 32 64 100 500 1000 --seeds $seeds --methods $methods"
+    # A run's checkpoint outlives its machine only if carried (committed), which full
+    # fine-tuning's is too large for: MixPHM's k = 500 and 1000 runs come first, as they go
+    # on across machines; full fine-tuning's after them, each of which must finish within
+    # one machine's hold, so those train one at a time, with both cores (a k = 1000 run
+    # alone trains ~27 s per epoch here, two side by side ~42 s each).
+    # Each cell: the number of workers, then its benchmark options.
+    grid=(
+        "2 --ks 64 16 32 100 --seeds $seeds --methods $methods --zero-shot"
+        "2 --ks 500 1000 --seeds 13 21 --methods mixphm"
+        "1 --ks 500 1000 --seeds 13 21 --methods full"
+    )
+    ;;
+ablation)
+    # MixPHM without the regularizer (the reference module) changed one part at a time, at
+    # k = 64; seed-major, so that an unfinished grid has every variant on its first seeds.
+    # The reference's own runs are the table's (results/easy-vqa-paper-v1).
+    out=results/mixphm-ablation-paper-v1
+    variants="dropout=0.0 num_experts=1 phm_rank=1 phm_dim=2 rule_per_layer=true"
+    variants+=" rule_init_std=0.1 zero_init_up=true weight_decay=false"
+    table_options="--ks 64 --seeds $seeds --methods mixphm --variants $variants"
+    grid=("2 $table_options")
+    ;;
+*)
+    echo "unknown grid $grid_name; choose table or ablation" >&2
+    exit 2
+    ;;
+esac
 
 summarize() {
-    $mixphm benchmark --recipe paper-v1 --out $out --summarize-only \
-        --ks 16 32 64 100 500 1000 --seeds $seeds --methods $methods > /dev/null
+    # shellcheck disable=SC2086
+    $mixphm benchmark --recipe paper-v1 --out $out --summarize-only $table_options > /dev/null
 }
 
 estimate_grid() {

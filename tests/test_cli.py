@@ -228,3 +228,19 @@ def test_the_package_names_load_on_first_use():
     assert mixphm.MixPHMConfig().num_experts == 4
     with pytest.raises(AttributeError, match="no attribute 'missing'"):
         mixphm.missing  # noqa: B018
+
+
+def test_variants_are_a_grid_axis_on_top_of_the_adapter_options(tmp_path, monkeypatch):
+    from mixphm.training import benchmark
+
+    seen = []
+    monkeypatch.setattr(benchmark, "grid_estimate", lambda specs, *_: seen.extend(specs) or "")
+    argv = ["benchmark", "--out", str(tmp_path), "--methods", "mixphm", "--ks", "64"]
+    argv += ["--seeds", "13", "21", "--adapter-option", "merge=products", "--estimate-only"]
+    assert cli.main([*argv, "--variants", "preset", "dropout=0.0+num_experts=1"]) == 0
+    assert [(s.seed, s.variant) for s in seen] == [
+        (13, "mixphm+merge=products"),
+        (13, "mixphm+dropout=0.0+merge=products+num_experts=1"),
+        (21, "mixphm+merge=products"),
+        (21, "mixphm+dropout=0.0+merge=products+num_experts=1"),
+    ]

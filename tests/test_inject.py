@@ -377,3 +377,67 @@ def test_adding_twice_is_refused():
 def test_merge_experts_requires_adapters():
     with pytest.raises(ValueError, match="call add_mixphm first"):
         merge_experts(BUILDERS["t5"]().model)
+
+
+def test_a_rule_per_layer_gives_each_adapter_its_own_trained_s(tmp_path):
+    built = BUILDERS["t5"]()
+    model = add_mixphm(
+        built.model, MixPHMConfig(**{**SMALL_TEXT.to_dict(), "rule_per_layer": True})
+    )
+    shared = add_mixphm(BUILDERS["t5"]().model, SMALL_TEXT)
+    adapters = [adapter for _, adapter in mixphm_adapters(model)]
+    rules = {id(adapter.down.rule) for adapter in adapters}
+    assert len(rules) == len(adapters) > 1
+    assert all(adapter.up.rule is adapter.down.rule for adapter in adapters)
+    extra_rules = (len(adapters) - 1) * 2**3
+    assert parameter_counts(model)[0] == parameter_counts(shared)[0] + extra_rules
+    model.train()
+    model(**built.batch).loss.backward()
+    assert all(adapter.down.rule.S.grad.abs().sum() > 0 for adapter in adapters)
+    save_adapter(model, tmp_path)
+    reloaded = load_adapter(BUILDERS["t5"]().model, tmp_path)
+    for (_, a), (_, b) in zip(mixphm_adapters(model), mixphm_adapters(reloaded), strict=True):
+        torch.testing.assert_close(a.down.rule.S, b.down.rule.S, rtol=0, atol=0)
+
+
+def test_the_rule_starts_at_its_configured_scale():
+    scales = {}
+    for std in (0.01, 0.1):
+        torch.manual_seed(0)
+        model = add_mixphm(
+            BUILDERS["t5"]().model, MixPHMConfig(**{**SMALL_TEXT.to_dict(), "rule_init_std": std})
+        )
+        scales[std] = next(mixphm_adapters(model))[1].down.rule.S.detach()
+    torch.testing.assert_close(scales[0.1], 10 * scales[0.01])
+    with pytest.raises(ValueError, match="rule_init_std"):
+        MixPHMConfig(rule_init_std=0.0)
+
+
+@pytest.mark.parametrize("preset", ["mixphm", "pfeiffer"])
+def test_an_identity_start_leaves_the_output_alone_until_a_step_moves_it(preset):
+    built = BUILDERS["t5"]()
+    model = built.model.eval().requires_grad_(False)
+    with torch.no_grad():
+        base = model(**built.batch).logits
+    config = MixPHMConfig.preset(preset, reduction_factor=4, phm_dim=2, zero_init_up=True)
+    add_mixphm(model, config).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**built.batch).logits, base, rtol=0, atol=0)
+    optimizer = adamw(model, lr=1e-2)
+    model.train()
+    model(**built.batch).loss.backward()
+    optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        assert not torch.allclose(model(**built.batch).logits, base)
+
+
+def test_adapters_can_be_left_out_of_weight_decay():
+    decayed = add_mixphm(BUILDERS["t5"]().model, SMALL_TEXT)
+    groups = adamw(decayed, lr=1e-3, weight_decay=0.01).param_groups
+    assert [g["weight_decay"] for g in groups] == [0.01]
+    plain = MixPHMConfig(**{**SMALL_TEXT.to_dict(), "weight_decay": False})
+    model = add_mixphm(BUILDERS["t5"]().model, plain)
+    groups = adamw(model, lr=1e-3, weight_decay=0.01).param_groups
+    assert [g["weight_decay"] for g in groups] == [0.0]
+    assert len(groups[0]["params"]) == sum(p.requires_grad for p in model.parameters())

@@ -55,7 +55,9 @@ class MixPHMAdapter(nn.Module):
         # the shared rule is registered once per model: by the first adapter's down-projection
         self.down = PHMProjection(d_model, bottleneck, 1, config.phm_dim, rank, rule, owns_rule)
         experts = config.num_experts
-        self.up = PHMProjection(bottleneck, d_model, experts, config.phm_dim, rank, rule, False)
+        self.up = PHMProjection(
+            bottleneck, d_model, experts, config.phm_dim, rank, rule, False, config.zero_init_up
+        )
         self.dropout = nn.Dropout()
         self._merge_mode: MergeMode = config.merge
         self.approximate = "none"

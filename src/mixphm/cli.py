@@ -50,6 +50,14 @@ def adapter_option(text: str) -> tuple[str, Any]:
         return name, value
 
 
+def adapter_variant(text: str) -> tuple[tuple[str, Any], ...]:
+    """``name=value[+name=value...]``: the adapter options of one variant of a grid;
+    ``preset`` is the method's preset itself."""
+    if text == "preset":
+        return ()
+    return tuple(adapter_option(part) for part in text.split("+"))
+
+
 def question_text(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("the question is empty")
@@ -178,6 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--methods", nargs="+", choices=METHODS, default=DEFAULT_METHODS)
             sub.add_argument("--ks", nargs="+", type=positive_int, default=[16, 64])
             sub.add_argument("--seeds", nargs="+", type=int, default=[13])
+            sub.add_argument(
+                "--variants",
+                nargs="+",
+                type=adapter_variant,
+                default=[()],
+                metavar="NAME=VALUE[+NAME=VALUE]",
+                help="a grid axis of adapter variants (ablations), each a set of adapter "
+                "options on top of --adapter-option, e.g. preset dropout=0.0 num_experts=1",
+            )
             sub.add_argument("--workers", type=positive_int, default=2)
             sub.add_argument(
                 "--zero-shot", action="store_true", help="also score the backbone at k = 0"
@@ -324,32 +341,33 @@ def train_or_benchmark(args: argparse.Namespace, command: str) -> None:
     from mixphm.training.methods import adapter_config
     from mixphm.training.recipe import RunSpec
 
+    base = tuple(args.adapter_option)
     if args.command == "train":
-        grid = [(args.backbone, args.method, args.k, args.seed)]
+        grid = [(args.backbone, args.method, args.k, args.seed, base)]
     else:
         # k-major order: an interrupted grid leaves whole columns, every method alike
         grid = [
-            (b, m, k, s)
+            (b, m, k, s, tuple(dict(base + variant).items()))
             for k in args.ks
             for s in args.seeds
             for m in args.methods
+            for variant in args.variants
             for b in args.backbones
         ]
     offline = args.dataset == "easy-vqa"
     args.out = args.out or Path(f"results/{args.dataset}-{args.recipe}")
-    for name in {b for b, _, _, _ in grid}:
+    for name in {b for b, *_ in grid}:
         if (name in BACKBONES) != offline:
             raise ValueError(
                 f"backbone {name} does not run on {args.dataset}: the offline backbones "
                 f"({', '.join(BACKBONES)}) take --dataset easy-vqa; vlt5 and hf:<model> take "
                 f"{', '.join(EXTERNAL_DATASETS)} with --train-file and --test-file"
             )
-    options = tuple(args.adapter_option)
     specs = [
         RunSpec(
             m, k, s, b, args.max_epochs, args.mixed_precision, options, args.recipe, args.dataset
         )
-        for b, m, k, s in grid
+        for b, m, k, s, options in grid
     ]
     for spec in specs:  # bad adapter options fail here, before any data or model is built
         adapter_config(spec.method, spec.seed, dict(spec.adapter_options))
@@ -375,9 +393,9 @@ def train_or_benchmark(args: argparse.Namespace, command: str) -> None:
             f"note: trained under the {args.recipe} recipe, not the paper's ({DEFAULT_RECIPE}); "
             "its numbers are not comparable to the paper's"
         )
-    if any(s not in SEEDS for _, _, _, s in grid):
+    if any(s not in SEEDS for _, _, _, s, _ in grid):
         print(f"note: the paper's seeds are {SEEDS}")
-    if any(k not in K_VALUES for _, _, k, _ in grid):
+    if any(k not in K_VALUES for _, _, k, _, _ in grid):
         print(f"note: the paper's k values are {K_VALUES}")
 
 

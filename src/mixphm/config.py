@@ -58,6 +58,17 @@ class MixPHMConfig:
     activation: Activation = "gelu_new"
     """The bottleneck nonlinearity: ``gelu_new`` (tanh approximation, the reference code's)
     or exact ``gelu`` (what adapters saved before this field existed were trained with)."""
+    rule_per_layer: bool = False
+    """One rule tensor S per adapter (shared by its projections and experts) instead of the
+    paper's one S for the whole model (an ablation)."""
+    rule_init_std: float = 0.01
+    """S starts as N(0, rule_init_std²) (the reference code's 0.01)."""
+    zero_init_up: bool = False
+    """Start every up-projection at zero (its right factor, or its blocks, at zero), so the
+    adapter starts as the identity; the reference starts it near zero through S instead."""
+    weight_decay: bool = True
+    """Whether the recipe's AdamW weight decay applies to the adapter's tensors (the
+    reference's trainer decays all of them, S included)."""
     merge: MergeMode = "factors"
     """How experts merge for inference: average the factors (reference) or the products."""
     attention_adapters: bool = False
@@ -91,6 +102,10 @@ class MixPHMConfig:
                 f"phm_rank must be ≥ 1 or None, got {self.phm_rank}",
             ),
             (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
+            (
+                self.rule_init_std > 0,
+                f"rule_init_std must be > 0, got {self.rule_init_std}",
+            ),
         ]
         for ok, message in checks:
             if not ok:

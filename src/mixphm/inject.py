@@ -68,16 +68,28 @@ class AdapterPlan:
         return [(path, adapter) for path, _, adapter in self.adapters]
 
 
+def new_rule(config: MixPHMConfig) -> PHMRule | None:
+    """A rule tensor S for ``config``'s PHM weights (None for plain ones, n = 1)."""
+    return PHMRule(config.phm_dim, config.rule_init_std) if config.phm_dim > 1 else None
+
+
 def plan_adapters(model: nn.Module, config: MixPHMConfig) -> AdapterPlan:
     """Build the adapters for ``model`` without touching it; raises ValueError when the
     model already has adapters or has nothing to adapt."""
     if any(True for _ in mixphm_adapters(model)):
         raise ValueError(f"{type(model).__name__} already has MixPHM adapters")
     targets = find_targets(model, config)
-    rule = PHMRule(config.phm_dim) if config.phm_dim > 1 else None
     router = ExpertRouter(config.routing_seed, len(targets), config.num_experts)
+    shared = new_rule(config)
     built = [
-        MixPHMAdapter(linear.out_features, config, rule, router, index, owns_rule=index == 0)
+        MixPHMAdapter(
+            linear.out_features,
+            config,
+            new_rule(config) if config.rule_per_layer else shared,
+            router,
+            index,
+            owns_rule=index == 0 or config.rule_per_layer,
+        )
         for index, (_, linear) in enumerate(targets)
     ]  # all built before any moves: the first one's move takes the shared rule along
     adapters = tuple(

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mixphm.inject import CONFIG_ATTRIBUTE
 from mixphm.phm import PHMProjection, PHMRule
 
 
@@ -179,8 +180,11 @@ NO_DECAY_NAME_PARTS = ("bias", "LayerNorm.weight")
 def decays(model: nn.Module) -> dict[Tensor, bool]:
     """Whether each trainable parameter of ``model`` is weight-decayed, by the reference
     trainer's rule: every parameter whose name contains neither "bias" nor
-    "LayerNorm.weight". The adapter family's tensors are all decayed: the reference's PHM
-    biases are named without "bias", so its rule decays every MixPHM tensor, S included."""
+    "LayerNorm.weight". The adapter family's tensors are all decayed (the reference's PHM
+    biases are named without "bias", so its rule decays every MixPHM tensor, S included),
+    or none of them where the adapters' config says ``weight_decay=False``."""
+    config = getattr(model, CONFIG_ATTRIBUTE, None)
+    adapters_decay = config is None or config.weight_decay
     adapter_owned = {
         id(param)
         for module in model.modules()
@@ -188,7 +192,9 @@ def decays(model: nn.Module) -> dict[Tensor, bool]:
         for param in module.parameters(recurse=False)
     }
     return {
-        param: id(param) in adapter_owned or not any(part in name for part in NO_DECAY_NAME_PARTS)
+        param: adapters_decay
+        if id(param) in adapter_owned
+        else not any(part in name for part in NO_DECAY_NAME_PARTS)
         for name, param in model.named_parameters()
         if param.requires_grad
     }

@@ -47,7 +47,8 @@ class PHMProjection(nn.Module):
     """``num_experts`` PHM projections d_in → d_out stored stacked along a leading axis.
 
     Factors: ``left`` (E, n, d_in/n, r) and ``right`` (E, n, r, d_out/n) when low-rank,
-    else ``blocks`` (E, n, d_in/n, d_out/n); ``bias`` (E, d_out). All experts start equal.
+    else ``blocks`` (E, n, d_in/n, d_out/n); ``bias`` (E, d_out). All experts start equal;
+    ``zero_init`` starts ``right`` (or ``blocks``) at zero, so the weight starts at zero.
 
     The shared rule is a child module (``rule``) of one projection of a model only (the
     first adapter's down-projection); the others hold a plain reference to it, so that a
@@ -69,6 +70,7 @@ class PHMProjection(nn.Module):
         rank: int | None,
         rule: PHMRule | None,
         registers_rule: bool = True,
+        zero_init: bool = False,
     ) -> None:
         super().__init__()
         if d_in % phm_dim or d_out % phm_dim:
@@ -88,8 +90,10 @@ class PHMProjection(nn.Module):
         else:
             self.left = nn.Parameter(self._init_block(num_experts, phm_dim, p, rank))
             self.right = nn.Parameter(self._init_block(num_experts, phm_dim, rank, q))
-        self.bias = nn.Parameter(torch.zeros(num_experts, d_out))
         self.low_rank = rank is not None
+        if zero_init:  # the product starts at zero; the factor left of it still gets gradients
+            nn.init.zeros_(self.factors()[-1])
+        self.bias = nn.Parameter(torch.zeros(num_experts, d_out))
         self.register_buffer("routed", torch.zeros(num_experts, dtype=torch.bool), persistent=False)
 
     def _init_block(self, num_experts: int, n: int, rows: int, cols: int) -> Tensor:

@@ -89,9 +89,18 @@ def _listing(keys: set[str]) -> str:
     return ", ".join(shown) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
 
 
-SETTINGS = ("routing_seed", "dropout", "merge", "activation")
-"""MixPHMConfig fields that leave the weights' shapes and places alone: an adapter file that
-differs from the model's adapters only in these loads, and its values are taken."""
+SETTINGS = (
+    "routing_seed",
+    "dropout",
+    "merge",
+    "activation",
+    "rule_init_std",
+    "zero_init_up",
+    "weight_decay",
+)
+"""MixPHMConfig fields that leave the weights' shapes and places alone (settings of the
+forward, of initialisation or of training): an adapter file that differs from the model's
+adapters only in these loads, and its values are taken."""
 
 
 def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
