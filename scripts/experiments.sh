@@ -2,7 +2,8 @@
 # The experiments whose results are committed under results/, in the order they were run.
 # Every command is resumable: finished runs are skipped, unfinished ones resume.
 # Steps 1-5 ran under the short recipe quick-v1 (results/easy-vqa, results/mixphm-ablation);
-# step 6 is the paper's recipe, paper-v1 (results/easy-vqa-paper-v1, the headline table).
+# steps 6-8 are under the paper's recipe, paper-v1 (results/easy-vqa-paper-v1 is the headline
+# table; results/mixphm-ablation-paper-v1 and results/lr-selection-paper-v1 ask why).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -72,3 +73,16 @@ done
 #    full fine-tuning at k = 500 and 1000 (seeds 13 and 21). Tens of hours on a 2-core CPU:
 #    scripts/paper-grid.sh runs this step in the background and commits each finished run.
 bash scripts/paper-grid.sh
+
+# 7. Why MixPHM trails the adapters under paper-v1: the reference module (mixphm, no L_Ra)
+#    changed one part at a time at k = 64, five seeds, then compared seed by seed with the
+#    reference's own runs (the table's). scripts/paper-grid.sh --grid ablation --commit runs
+#    it in the background and rebuilds the comparison with every committed run.
+bash scripts/paper-grid.sh --grid ablation
+$mixphm compare --run results/easy-vqa-paper-v1/runs/paper-v1/pretrained/mixphm \
+    results/mixphm-ablation-paper-v1/runs --reference mixphm --ks 64 \
+    --output results/mixphm-ablation-paper-v1
+
+# 8. Each method's learning rate, chosen on dev at k = 64 with seeds 13, 21 and 42 (the grids
+#    in configs/methods.toml); the runs at the methods' own rates are the table's.
+bash scripts/paper-grid.sh --grid lr

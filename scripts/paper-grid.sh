@@ -3,7 +3,8 @@
 #   bash scripts/paper-grid.sh [--grid G]            run grid G (finished runs are skipped)
 #   bash scripts/paper-grid.sh [--grid G] --commit   ... and commit each finished run as it lands
 #   bash scripts/paper-grid.sh [--grid G] --carry    commit G's runs in flight now
-# Grids: table (default; the paper-v1 table) and ablation (MixPHM's parts at k = 64).
+# Grids: table (default; the paper-v1 table), ablation (MixPHM's parts at k = 64) and lr
+# (each method's learning rate, chosen on dev).
 # The log goes to stdout: the whole grid's remaining estimate, cell by cell, at the start
 # (and, under --commit, after each committed run), and the current cell's after every run.
 # Under --commit the table, runs.csv and plots are rebuilt and committed with each run, and
@@ -13,6 +14,7 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 mixphm=.venv/bin/mixphm
 seeds="13 21 42 87 100"
+verb=benchmark
 grid_name=table
 if [ "${1:-}" = "--grid" ]; then
     grid_name=$2
@@ -45,15 +47,27 @@ ablation)
     table_options="--ks 64 --seeds $seeds --methods mixphm --variants $variants"
     grid=("2 $table_options")
     ;;
+lr)
+    # Each method's learning rate chosen on dev at k = 64 with seeds 13, 21 and 42 (its
+    # rate grid in configs/methods.toml); the runs at the methods' own rates are the table's.
+    out=results/lr-selection-paper-v1
+    verb=select-lr
+    table_options="--reuse results/easy-vqa-paper-v1"
+    grid=("2 $table_options")
+    ;;
 *)
-    echo "unknown grid $grid_name; choose table or ablation" >&2
+    echo "unknown grid $grid_name; choose table, ablation or lr" >&2
     exit 2
     ;;
 esac
 
 summarize() {
     # shellcheck disable=SC2086
-    $mixphm benchmark --recipe paper-v1 --out $out --summarize-only $table_options > /dev/null
+    $mixphm $verb --recipe paper-v1 --out $out --summarize-only $table_options > /dev/null
+    if [ "$grid_name" = ablation ]; then
+        $mixphm compare --run results/easy-vqa-paper-v1/runs/paper-v1/pretrained/mixphm \
+            "$out/runs" --reference mixphm --ks 64 --output $out > /dev/null
+    fi
 }
 
 estimate_grid() {
@@ -62,7 +76,7 @@ estimate_grid() {
     for cells in "${grid[@]}"; do
         read -r workers options <<<"$cells"
         # shellcheck disable=SC2086
-        echo "  ${options%% --seeds*} (${options##*--methods }, $workers at a time): $($mixphm benchmark --recipe paper-v1 --out $out --workers $workers $options --estimate-only)"
+        echo "  ${options%% --seeds*} (${options##*--methods }, $workers at a time): $($mixphm $verb --recipe paper-v1 --out $out --workers $workers $options --estimate-only)"
     done
 }
 
@@ -72,10 +86,10 @@ commit_finished() {
     for result in $(git ls-files --others --exclude-standard "$out/runs" | grep 'result.json$'); do
         message=$(.venv/bin/python - "$result" <<'PY'
 import json, sys
+from mixphm.training.recipe import record_variant
 r = json.load(open(sys.argv[1]))
-options = "".join(f"+{k}={v}" for k, v in sorted(r.get("adapter_options", {}).items()))
 print(
-    f"Results (paper-v1): {r['method']}{options} k = {r['k']} seed {r['seed']}: test "
+    f"Results (paper-v1): {record_variant(r)} k = {r['k']} seed {r['seed']}: test "
     f"{r['test_accuracy']:.2f} (last checkpoint {r['last_test_accuracy']:.2f}), dev "
     f"{r['dev_accuracy']:.2f}, best dev at epoch {r['best_epoch'] + 1} of {r['epochs']}, "
     f"{r['train_seconds'] / 60:.0f} min of training"
@@ -83,8 +97,11 @@ print(
 PY
 )
         summarize
-        flock .git/mixphm-commit.lock sh -c "git add '$(dirname "$result")' $out/*.csv \
-            $out/*.md $out/*.png && git commit -q -m \"\$1\"" _ "$message"
+        shopt -s nullglob
+        files=("$(dirname "$result")" "$out"/*.csv "$out"/*.md "$out"/*.png)
+        shopt -u nullglob
+        flock .git/mixphm-commit.lock sh -c 'message=$1; shift
+            git add -- "$@" && git commit -q -m "$message"' _ "$message" "${files[@]}"
         echo "committed: $message"
         estimate_grid
     done
@@ -143,6 +160,6 @@ fi
 for cells in "${grid[@]}"; do
     read -r workers options <<<"$cells"
     # shellcheck disable=SC2086
-    $mixphm benchmark --recipe paper-v1 --out $out --workers $workers $options
+    $mixphm $verb --recipe paper-v1 --out $out --workers $workers $options
 done
 [ "${1:-}" = "--commit" ] && commit_finished

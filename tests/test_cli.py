@@ -173,6 +173,7 @@ def test_summarize_only_rebuilds_the_table_from_finished_runs(tmp_path, capsys):
     with (tmp_path / "runs.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [json.loads(r["adapter_options"]) for r in rows] == [{}, {}, {"dropout": 0.0}]
+    assert [float(r["lr"]) for r in rows] == [5e-3] * 3  # older records: the method's own rate
     assert (tmp_path / "accuracy_vs_k_pretrained.png").is_file()
 
 

@@ -2,6 +2,7 @@
 selection and stopping rules hold, runs resume exactly, checkpoints are atomic, a
 diverging loss stops clearly. The LoRA and IA3 baselines on GPT-2's Conv1D layers."""
 
+import dataclasses
 import json
 
 import pytest
@@ -14,7 +15,14 @@ import mixphm.training.objectives as objectives
 import mixphm.training.recipe as recipe
 from mixphm.training.methods import METHODS, apply_method, method_settings
 from mixphm.training.objectives import CandidateScoring
-from mixphm.training.recipe import RunSpec, TrainingDiverged, TrainState, train, update_selection
+from mixphm.training.recipe import (
+    RunResult,
+    RunSpec,
+    TrainingDiverged,
+    TrainState,
+    train,
+    update_selection,
+)
 from mixphm.training.recipes import PAPER, QUICK, get_recipe
 
 DATA = (tiny_split(32, seed=0), tiny_split(16, seed=1), tiny_split(40, seed=2))
@@ -417,3 +425,32 @@ def test_adapter_options_override_the_preset_and_are_recorded(tmp_path):
             OBJECTIVE,
             tmp_path / "l",
         )
+
+
+def test_a_learning_rate_is_recorded_and_another_one_is_another_run(tmp_path):
+    own = RunSpec("pfeiffer", 32, 13, "tiny", max_epochs=1, lr=method_settings("pfeiffer").lr)
+    assert own.lr is None and own.variant == "pfeiffer"
+    other = RunSpec("pfeiffer", 32, 13, "tiny", max_epochs=1, lr=3e-4)
+    assert other.variant == "pfeiffer+lr=0.0003" and other.learning_rate == 3e-4
+    result = train(other, tiny_vlm, DATA, OBJECTIVE, tmp_path)
+    recorded = json.loads((tmp_path / "result.json").read_text())
+    assert recorded["lr"] == result.lr == 3e-4
+    assert RunResult.from_record(recorded).variant == "pfeiffer+lr=0.0003"
+    older = {k: v for k, v in recorded.items() if k != "lr"}  # written before runs kept lr
+    assert RunResult.from_record(older).lr == method_settings("pfeiffer").lr
+    assert RunResult.from_record(older).variant == "pfeiffer"
+
+
+def test_a_run_never_resumes_under_another_learning_rate(tmp_path):
+    spec = RunSpec("pfeiffer", 32, 13, "tiny", max_epochs=3, recipe=QUICK.name, lr=3e-4)
+    epochs = iter(range(3))
+
+    def interrupt_in_the_second_epoch():
+        if next(epochs) == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, tiny_vlm, DATA, OBJECTIVE, tmp_path, before_epoch=interrupt_in_the_second_epoch)
+    assert (tmp_path / recipe.CHECKPOINT_FILE).is_file()
+    with pytest.raises(ValueError, match=r"lr=0\.0003, not lr=0\.002"):
+        train(dataclasses.replace(spec, lr=2e-3), tiny_vlm, DATA, OBJECTIVE, tmp_path)

@@ -130,6 +130,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     curves.add_argument("--output", type=Path, default=Path("results/curves"))
 
+    compare = commands.add_parser(
+        "compare",
+        help="finished runs against a reference, seed by seed: paired test and dev "
+        "differences with 95%% intervals, when each fitted, and mean training-loss curves",
+    )
+    compare.add_argument(
+        "--run", type=Path, nargs="+", required=True, help="run folders, or folders holding runs"
+    )
+    compare.add_argument(
+        "--reference", required=True, help="the variant to compare against, e.g. mixphm"
+    )
+    compare.add_argument("--ks", type=int, nargs="+", help="only runs with these k")
+    compare.add_argument("--seeds", type=int, nargs="+", help="only runs with these seeds")
+    compare.add_argument("--fit-loss", type=positive_float, default=0.1)
+    compare.add_argument("--output", type=Path, default=Path("results/compare"))
+
     commands.add_parser("pretrain", help="build (once) and cache the pretrained offline backbone")
 
     for name, helptext in (
@@ -157,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
             "--full-test", action="store_true", help="evaluate on the whole test split"
         )
         sub.add_argument("--max-epochs", type=positive_int, help="override the recipe's cap")
+        sub.add_argument(
+            "--lr",
+            type=positive_float,
+            help="learning rate for every method, overriding each one's own "
+            "(configs/methods.toml); runs at another rate get folders and table rows of their own",
+        )
         sub.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
         sub.add_argument(
             "--adapter-option",
@@ -195,6 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
                 help="a grid axis of adapter variants (ablations), each a set of adapter "
                 "options on top of --adapter-option, e.g. preset dropout=0.0 num_experts=1",
             )
+            sub.add_argument(
+                "--reuse",
+                type=Path,
+                nargs="+",
+                default=[],
+                metavar="FOLDER",
+                help="output folders of other grids (same recipe): a run finished there with "
+                "the very same settings is not trained again and joins this table (read only)",
+            )
             sub.add_argument("--workers", type=positive_int, default=2)
             sub.add_argument(
                 "--zero-shot", action="store_true", help="also score the backbone at k = 0"
@@ -211,6 +242,36 @@ def build_parser() -> argparse.ArgumentParser:
                 help="train and write nothing: print how many runs of the grid are left and "
                 "the training time they need, estimated from the finished runs",
             )
+    select = commands.add_parser(
+        "select-lr",
+        help="choose each method's learning rate on dev: its rate grid (configs/methods.toml) "
+        "at one k and a few seeds, the highest mean best-dev score (resumable)",
+    )
+    select.add_argument("--recipe", choices=list(RECIPES), default=DEFAULT_RECIPE)
+    select.add_argument("--out", type=Path, default=Path("results/lr-selection-paper-v1"))
+    select.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    select.add_argument("--k", type=positive_int, default=64)
+    select.add_argument("--seeds", nargs="+", type=int, default=[13, 21, 42])
+    select.add_argument(
+        "--reuse",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="FOLDER",
+        help="benchmark output folders whose finished runs with the same settings count",
+    )
+    select.add_argument("--workers", type=positive_int, default=2)
+    nothing = select.add_mutually_exclusive_group()
+    nothing.add_argument(
+        "--summarize-only",
+        action="store_true",
+        help="train nothing: write the selection from the finished runs",
+    )
+    nothing.add_argument(
+        "--estimate-only",
+        action="store_true",
+        help="train and write nothing: print the runs left and the training time they need",
+    )
     predict = commands.add_parser(
         "predict", help="answer a question about an image with a finished run"
     )
@@ -220,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-RESUMABLE = ("train", "benchmark")
+RESUMABLE = ("train", "benchmark", "select-lr")
 INTERRUPTED = 130
 """The exit status of a command stopped by Ctrl-C or SIGTERM (128 + SIGINT, as a shell)."""
 
@@ -302,6 +363,8 @@ def run(args: argparse.Namespace, command: str) -> None:
         print(table)
     elif args.command == "curves":
         write_curves(args, command)
+    elif args.command == "compare":
+        write_comparison(args, command)
     elif args.command == "pretrain":
         from mixphm.pretraining.recipe import PretrainConfig, checkpoint_dir, pretrained_backbone
 
@@ -309,6 +372,27 @@ def run(args: argparse.Namespace, command: str) -> None:
         print(f"pretrained backbone: {checkpoint_dir(PretrainConfig())}")
     elif args.command in ("train", "benchmark"):
         train_or_benchmark(args, command)
+    elif args.command == "select-lr":
+        select_lr(args, command)
+
+
+def select_lr(args: argparse.Namespace, command: str) -> None:
+    from mixphm.training import benchmark, lr_selection
+
+    specs = lr_selection.selection_specs(args.methods, args.k, args.seeds, args.recipe)
+    if args.estimate_only:
+        print(benchmark.grid_estimate(specs, args.out, args.workers, args.reuse))
+        return
+    if args.summarize_only:
+        reused = benchmark.reused_results(specs, args.out, args.reuse)
+        results = benchmark.collect(args.out, args.recipe, reused)
+    else:
+        sample_low_resource(load_easy_vqa("train"), args.k, args.seeds[0])  # k fits the pool
+        test_limit = get_recipe(args.recipe).test_limit
+        results = benchmark.run_grid(specs, args.out, test_limit, args.workers, args.reuse)
+    scores = lr_selection.dev_scores(results, args.methods)
+    written = lr_selection.write_selection(scores, args.seeds, args.k, args.out, command)
+    print(written[1].read_text())
 
 
 def write_curves(args: argparse.Namespace, command: str) -> None:
@@ -334,6 +418,30 @@ def write_curves(args: argparse.Namespace, command: str) -> None:
     plots = plot_curves(runs, args.output)
     print(table + left_out)
     print(f"written: {args.output / 'curves.md'}, " + ", ".join(str(p) for p in plots))
+
+
+def write_comparison(args: argparse.Namespace, command: str) -> None:
+    from mixphm.training.paired import format_comparison, load_scores, plot_mean_loss
+
+    runs = load_scores(args.run, ks=args.ks, seeds=args.seeds)
+    if args.reference not in {r.variant for r in runs}:
+        raise ValueError(
+            f"no finished run of the reference {args.reference!r} among the "
+            f"{len(runs)} runs found; variants found: "
+            + ", ".join(sorted({r.variant for r in runs}))
+        )
+    table = format_comparison(runs, args.reference, args.fit_loss)
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "compare.md").write_text(
+        f"Produced by `{command}` from {len(runs)} runs. Test and dev accuracy (%) of the "
+        "best-dev checkpoint, mean ± std over seeds; differences are paired by seed (the "
+        f"seeds both have) against {args.reference}, their mean with a 95% Student-t "
+        "interval; fitted epochs are 1-based (–: the run kept no training loss).\n\n"
+        f"{table}\n"
+    )
+    plots = plot_mean_loss(runs, args.reference, args.output)
+    print(table)
+    print(f"written: {args.output / 'compare.md'}, " + ", ".join(str(p) for p in plots))
 
 
 def train_or_benchmark(args: argparse.Namespace, command: str) -> None:
@@ -365,7 +473,16 @@ def train_or_benchmark(args: argparse.Namespace, command: str) -> None:
             )
     specs = [
         RunSpec(
-            m, k, s, b, args.max_epochs, args.mixed_precision, options, args.recipe, args.dataset
+            m,
+            k,
+            s,
+            b,
+            args.max_epochs,
+            args.mixed_precision,
+            options,
+            args.recipe,
+            args.dataset,
+            args.lr,
         )
         for b, m, k, s, options in grid
     ]
@@ -373,11 +490,12 @@ def train_or_benchmark(args: argparse.Namespace, command: str) -> None:
         adapter_config(spec.method, spec.seed, dict(spec.adapter_options))
     label = "easy-VQA" if offline else args.dataset
     if getattr(args, "estimate_only", False):
-        print(benchmark.grid_estimate(specs, args.out, args.workers))
+        print(benchmark.grid_estimate(specs, args.out, args.workers, args.reuse))
         return
     results: list[Any] | None
     if getattr(args, "summarize_only", False):
-        results = benchmark.collect(args.out, args.recipe)
+        reused = benchmark.reused_results(specs, args.out, args.reuse)
+        results = benchmark.collect(args.out, args.recipe, reused)
     elif offline:
         results = run_offline(args, specs)
     else:
@@ -414,8 +532,9 @@ def run_offline(args: argparse.Namespace, specs: list[Any]) -> list[Any]:
     if args.command == "benchmark" and args.zero_shot:
         for name in args.backbones:
             benchmark.zero_shot(name, args.out, test_limit, args.recipe)
-    workers = args.workers if args.command == "benchmark" else 1
-    return benchmark.run_grid(specs, args.out, test_limit, workers)
+    if args.command == "benchmark":
+        return benchmark.run_grid(specs, args.out, test_limit, args.workers, args.reuse)
+    return benchmark.run_grid(specs, args.out, test_limit)
 
 
 def test_questions(args: argparse.Namespace) -> int | None:

@@ -127,19 +127,37 @@ def zero_shot(backbone: str, out: Path, test_limit: int | None, recipe: str) -> 
     return result
 
 
-def pending(specs: Sequence[RunSpec], out: Path, say: bool = True) -> list[RunSpec]:
-    """The specs without a finished run (``result.json``) under ``out``, said aloud if
-    ``say``."""
-    todo = []
-    for spec in specs:
-        path = run_dir(out, spec) / "result.json"
+def finished_record(spec: RunSpec, folders: Sequence[Path]) -> Path | None:
+    """The ``result.json`` of ``spec``'s finished run in the first of ``folders`` that has
+    one (checked to be ``spec``'s very settings), or None."""
+    for folder in folders:
+        path = run_dir(folder, spec) / "result.json"
         if path.is_file():
             check_same_run(spec, json.loads(path.read_text()), path)
-        else:
-            todo.append(spec)
+            return path
+    return None
+
+
+def pending(
+    specs: Sequence[RunSpec], out: Path, say: bool = True, reuse: Sequence[Path] = ()
+) -> list[RunSpec]:
+    """The specs without a finished run (``result.json``) under ``out`` or under a folder
+    in ``reuse``, said aloud if ``say``."""
+    todo = [spec for spec in specs if finished_record(spec, [out, *reuse]) is None]
     if say:
         print(f"{len(specs) - len(todo)} of {len(specs)} runs already finished; {len(todo)} to go")
     return todo
+
+
+def reused_results(specs: Sequence[RunSpec], out: Path, reuse: Sequence[Path]) -> list[RunResult]:
+    """The finished runs of ``specs`` that ``out`` lacks and a ``reuse`` folder has."""
+    found = []
+    for spec in specs:
+        if reuse and finished_record(spec, [out]) is None:
+            path = finished_record(spec, reuse)
+            if path is not None:
+                found.append(RunResult.from_record(json.loads(path.read_text())))
+    return found
 
 
 def report(result: RunResult) -> None:
@@ -150,15 +168,23 @@ def report(result: RunResult) -> None:
 
 
 def run_grid(
-    specs: Sequence[RunSpec], out: Path, test_limit: int | None = 2000, workers: int = 1
+    specs: Sequence[RunSpec],
+    out: Path,
+    test_limit: int | None = 2000,
+    workers: int = 1,
+    reuse: Sequence[Path] = (),
 ) -> list[RunResult]:
-    """Train every spec without a result yet (all under one recipe); ``workers`` processes
-    share the cores. After each finished run, prints an estimate of the time left."""
+    """Train every spec without a result yet (all under one recipe) into ``out``;
+    ``workers`` processes share the cores. A spec finished in a ``reuse`` folder (read,
+    never written) is not trained again, and its result joins ``out``'s. After each
+    finished run, prints an estimate of the time left."""
     recipe = one_recipe(specs)
     check_one_recipe(out, recipe)
+    for folder in reuse:
+        check_one_recipe(folder, recipe)
     with training_lock(out):
-        train_pending(specs, out, recipe, test_limit, workers)
-    return collect(out, recipe)
+        train_pending(specs, out, recipe, test_limit, workers, reuse)
+    return collect(out, recipe, reused_results(specs, out, reuse))
 
 
 TRAINING_LOCK = ".training.lock"
@@ -181,10 +207,15 @@ def training_lock(out: Path) -> Iterator[None]:
 
 
 def train_pending(
-    specs: Sequence[RunSpec], out: Path, recipe: str, test_limit: int | None, workers: int
+    specs: Sequence[RunSpec],
+    out: Path,
+    recipe: str,
+    test_limit: int | None,
+    workers: int,
+    reuse: Sequence[Path] = (),
 ) -> None:
     """Trains the specs without a result yet, printing the time left after each."""
-    todo = pending(specs, out)
+    todo = pending(specs, out, reuse=reuse)
     for backbone in sorted({s.backbone for s in todo}):
         backbone_factory(backbone)  # build shared artefacts once, before the workers start
     if todo:
@@ -276,9 +307,12 @@ def remaining_estimate(
     )
 
 
-def collect(out: Path, recipe: str | None = None) -> list[RunResult]:
-    """Every finished run under ``out`` (which must all be ``recipe``'s, when given);
-    rewrites ``runs.csv`` from them (adapter options as JSON)."""
+def collect(
+    out: Path, recipe: str | None = None, reused: Sequence[RunResult] = ()
+) -> list[RunResult]:
+    """Every finished run under ``out`` (which must all be ``recipe``'s, when given) and the
+    ``reused`` ones of other folders; rewrites ``runs.csv`` from them (adapter options as
+    JSON)."""
     found = recipes_in(out)
     if recipe is not None:
         check_one_recipe(out, recipe)
@@ -287,7 +321,7 @@ def collect(out: Path, recipe: str | None = None) -> list[RunResult]:
             f"{out} holds runs of several recipes ({', '.join(sorted(found))}); one table "
             "must not mix them: move each recipe's runs to an output folder of its own"
         )
-    results = finished_results(out)
+    results = [*finished_results(out), *reused]
     names = [f.name for f in fields(RunResult)]
     with (out / "runs.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=names)
@@ -305,12 +339,14 @@ def finished_results(out: Path) -> list[RunResult]:
     ]
 
 
-def grid_estimate(specs: Sequence[RunSpec], out: Path, workers: int) -> str:
-    """How many of ``specs`` are still to run under ``out`` and the training time they need
-    with ``workers`` processes, estimated from the finished runs; trains and writes
-    nothing."""
+def grid_estimate(
+    specs: Sequence[RunSpec], out: Path, workers: int, reuse: Sequence[Path] = ()
+) -> str:
+    """How many of ``specs`` are still to run under ``out`` (not finished there nor in a
+    ``reuse`` folder) and the training time they need with ``workers`` processes,
+    estimated from the finished runs; trains and writes nothing."""
     check_one_recipe(out, one_recipe(specs))
-    todo = pending(specs, out, say=False)
+    todo = pending(specs, out, say=False, reuse=reuse)
     workers = max(1, min(workers, len(todo)))
     return remaining_estimate(finished_results(out), todo, workers, trained_so_far(out, todo))
 

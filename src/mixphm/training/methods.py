@@ -33,11 +33,13 @@ from mixphm.training.choices import METHODS as METHODS
 
 @dataclass(frozen=True)
 class MethodSettings:
-    """What one method sets itself, read from ``configs/methods.toml``: its learning rate and
-    its own extras (LoRA's rank, the regularizer's weights). The rest of how a run trains
-    is the recipe's (``mixphm.training.recipes``), shared by every method."""
+    """What one method sets itself, read from ``configs/methods.toml``: its learning rate,
+    the candidate rates of a selection on dev, and its own extras (LoRA's rank, the
+    regularizer's weights). The rest of how a run trains is the recipe's
+    (``mixphm.training.recipes``), shared by every method."""
 
     lr: float
+    lr_grid: tuple[float, ...]
     extra: dict[str, Any]
 
 
@@ -47,7 +49,7 @@ def method_settings(method: str) -> MethodSettings:
     text = resources.files("mixphm.configs").joinpath("methods.toml").read_text()
     table = tomllib.loads(text)
     own = dict(table[method])
-    return MethodSettings(lr=own.pop("lr"), extra=own)
+    return MethodSettings(lr=own.pop("lr"), lr_grid=tuple(own.pop("lr_grid")), extra=own)
 
 
 def regularizer_config(method: str) -> RedundancyConfig | None:

@@ -70,30 +70,51 @@ class RunSpec:
     """The name of the training recipe (``mixphm.training.recipes``)."""
     dataset: str = "easy-vqa"
     """Chooses the recipe's patience (OK-VQA and GQA have their own)."""
+    lr: float | None = None
+    """A learning rate overriding the method's own (``configs/methods.toml``); one equal to
+    the method's is kept as None, so that such a run is the method's own run."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lr", lr_override(self.method, self.lr))
 
     @property
     def variant(self) -> str:
-        return variant_name(self.method, dict(self.adapter_options))
+        return variant_name(self.method, dict(self.adapter_options), self.lr)
+
+    @property
+    def learning_rate(self) -> float:
+        return method_settings(self.method).lr if self.lr is None else self.lr
 
     @property
     def training(self) -> Recipe:
         return get_recipe(self.recipe)
 
 
-def variant_name(method: str, adapter_options: dict[str, Any]) -> str:
-    """The method with its adapter options, e.g. ``mixphm+dropout=0.0+num_experts=1``: the
-    name of a run's folder and of its row in tables, so an ablation never shares either
-    with the preset it changes."""
+def lr_override(method: str, lr: float | None) -> float | None:
+    """``lr`` where it differs from ``method``'s own rate, else None."""
+    if lr is None or method == "zero-shot" or lr == method_settings(method).lr:
+        return None
+    return lr
+
+
+def variant_name(method: str, adapter_options: dict[str, Any], lr: float | None = None) -> str:
+    """The method with its adapter options and any overriding learning rate, e.g.
+    ``mixphm+dropout=0.0+num_experts=1`` or ``mixphm+lr=0.0015``: the name of a run's folder
+    and of its row in tables, so an ablation or another rate never shares either with the
+    method's own runs."""
     options = (
         f"+{name}={value if isinstance(value, str) else json.dumps(value)}"
         for name, value in sorted(adapter_options.items())
     )
-    return method + "".join(options)
+    rate = "" if lr is None else f"+lr={lr:g}"
+    return method + "".join(options) + rate
 
 
 def record_variant(result: dict[str, Any]) -> str:
-    """The variant of a finished run's record (its result.json; older ones lack options)."""
-    return variant_name(result["method"], result.get("adapter_options", {}))
+    """The variant of a finished run's record (its result.json; older ones lack options and
+    the learning rate, which was the method's own)."""
+    lr = lr_override(result["method"], result.get("lr"))
+    return variant_name(result["method"], result.get("adapter_options", {}), lr)
 
 
 def run_label(result: dict[str, Any]) -> str:
@@ -157,16 +178,25 @@ class RunResult:
     """The spec's override of the recipe's epoch cap (None: the recipe's cap)."""
     mixed_precision: str = "no"
     dataset: str = "easy-vqa"
+    lr: float | None = None
+    """The learning rate the run trained with (None: the zero-shot row)."""
 
     @property
     def variant(self) -> str:
-        return variant_name(self.method, self.adapter_options)
+        return variant_name(self.method, self.adapter_options, lr_override(self.method, self.lr))
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> RunResult:
         """A ``result.json``'s record; records older than the recipe field were made under
-        the legacy recipe and lack the last checkpoint's score."""
-        legacy = {"recipe": LEGACY_RECIPE, "last_test_accuracy": None, "test_questions": None}
+        the legacy recipe and lack the last checkpoint's score, and records older than the
+        lr field trained at the method's own rate."""
+        legacy: dict[str, Any] = {
+            "recipe": LEGACY_RECIPE,
+            "last_test_accuracy": None,
+            "test_questions": None,
+        }
+        if record["method"] != "zero-shot":
+            legacy["lr"] = method_settings(record["method"]).lr
         return cls(**{**legacy, **record})
 
 
@@ -185,8 +215,13 @@ def prediction_accuracy(split: Split, predicted: list[str]) -> float:
 
 
 def run_settings(spec: RunSpec) -> dict[str, Any]:
-    """Everything that makes two runs the same run (recorded in checkpoints and results)."""
-    return {**asdict(spec), "adapter_options": dict(spec.adapter_options)}
+    """Everything that makes two runs the same run (recorded in checkpoints and results),
+    with the learning rate the run trains at."""
+    return {
+        **asdict(spec),
+        "adapter_options": dict(spec.adapter_options),
+        "lr": spec.learning_rate if spec.method != "zero-shot" else None,
+    }
 
 
 def check_same_run(spec: RunSpec, recorded: dict[str, Any], source: Path) -> None:
@@ -245,7 +280,7 @@ def train(
     if saved is not None:
         check_same_run(spec, saved.get("settings", {}), path)
     train_split, dev_split, test_split = data
-    recipe, settings = spec.training, method_settings(spec.method)
+    recipe = spec.training
     max_epochs = spec.max_epochs or recipe.max_epochs
     patience = recipe.patience_for(spec.dataset)
     accelerator = accelerator or make_accelerator(spec.mixed_precision)
@@ -258,7 +293,7 @@ def train(
     regularizer = RedundancyRegularizer(model, regularizer_config(spec.method) or no_regularizer)
     trainable, total = parameter_counts(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = adamw(model, settings.lr, recipe.weight_decay, recipe.adam_eps)
+    optimizer = adamw(model, spec.learning_rate, recipe.weight_decay, recipe.adam_eps)
     steps_per_epoch = math.ceil(len(train_split) / recipe.batch_size)
     total_steps = max_epochs * steps_per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -380,6 +415,7 @@ def train(
         max_epochs=spec.max_epochs,
         mixed_precision=spec.mixed_precision,
         dataset=spec.dataset,
+        lr=spec.learning_rate,
     )
     if accelerator.is_main_process:
         save_file({n: t.contiguous() for n, t in best.items()}, str(run_dir / BEST_FILE))
