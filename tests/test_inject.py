@@ -8,8 +8,8 @@ from tiny_models import BUILDERS, text_config, vision_config
 from mixphm import (
     MixPHMConfig,
     add_mixphm,
+    deploy,
     load_adapter,
-    merge_experts,
     mixphm_adapters,
     parameter_counts,
     save_adapter,
@@ -374,9 +374,9 @@ def test_adding_twice_is_refused():
         add_mixphm(model, SMALL)
 
 
-def test_merge_experts_requires_adapters():
+def test_deploy_requires_adapters():
     with pytest.raises(ValueError, match="call add_mixphm first"):
-        merge_experts(BUILDERS["t5"]().model)
+        deploy(BUILDERS["t5"]().model)
 
 
 def test_a_rule_per_layer_gives_each_adapter_its_own_trained_s(tmp_path):

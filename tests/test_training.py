@@ -345,17 +345,37 @@ def test_full_fine_tuning_decays_all_but_biases_and_layer_norm_weights():
     assert [g["weight_decay"] for g in adamw(model, 1e-3).param_groups] == [0.01, 0.0]
 
 
+@pytest.mark.parametrize(
+    ("size", "world", "expected"),
+    [
+        (16, 2, [([0, 2, 4, 6, 8, 10, 12, 14], 1.0), ([1, 3, 5, 7, 9, 11, 13, 15], 1.0)]),
+        (3, 2, [([0, 2], 4 / 3), ([1], 2 / 3)]),  # uneven: weights keep the batch mean
+        (1, 2, [([0], 2.0), ([0], 0.0)]),  # rank 1 runs the first row, with weight 0
+    ],
+)
+def test_a_short_last_batch_is_sharded_so_the_ranks_add_up(size, world, expected):
+    batch = torch.arange(size)
+    shards = [recipe.shard(batch, rank, world) for rank in range(world)]
+    assert [(rows.tolist(), weight) for rows, weight in shards] == expected
+    # DDP averages the ranks' gradients: every row of the batch counts 1 / size, as in the
+    # mean loss of one process
+    for rows, weight in shards:
+        if weight:
+            assert weight / (world * len(rows)) == pytest.approx(1 / size)
+
+
 def test_a_run_never_resumes_a_checkpoint_of_another_recipe(tmp_path):
     run("pfeiffer", tmp_path, epochs=1, recipe=QUICK.name)
     with pytest.raises(ValueError, match="recipe='quick-v1', not recipe='paper-v1'"):
         run("pfeiffer", tmp_path, epochs=1, recipe=PAPER.name)
 
 
-def test_two_gloo_processes_match_a_single_process_with_the_same_global_batch(tmp_path):
-    from ddp_training_worker import DATA as WORKER_DATA
+@pytest.mark.parametrize("k", [32, 17])  # 17: the last batch has one row, rank 1 none
+def test_two_gloo_processes_match_a_single_process_with_the_same_global_batch(tmp_path, k):
+    from ddp_training_worker import worker_data
     from two_ranks import TESTS, torchrun_two_ranks
 
-    torchrun_two_ranks(str(TESTS / "ddp_training_worker.py"), str(tmp_path))
+    torchrun_two_ranks(str(TESTS / "ddp_training_worker.py"), str(tmp_path), str(k))
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
 
     captured = {}
@@ -365,9 +385,9 @@ def test_two_gloo_processes_match_a_single_process_with_the_same_global_batch(tm
         return captured["model"]
 
     train(
-        RunSpec("adamix", 32, 13, "tiny", max_epochs=2),
+        RunSpec("adamix", k, 13, "tiny", max_epochs=2),
         build,
-        WORKER_DATA,
+        worker_data(k),
         OBJECTIVE,
         tmp_path / "single",
     )
