@@ -13,7 +13,8 @@ from tiny_models import BUILDERS, tiny_candidates, tiny_split, tiny_vlm
 import mixphm.training.checkpoint as checkpoint
 import mixphm.training.objectives as objectives
 import mixphm.training.recipe as recipe
-from mixphm.training.methods import METHODS, apply_method, method_settings
+from mixphm.regularization import RedundancyRegularizer
+from mixphm.training.methods import METHODS, apply_method, method_settings, regularizer_config
 from mixphm.training.objectives import CandidateScoring
 from mixphm.training.recipe import (
     RunResult,
@@ -32,6 +33,15 @@ OBJECTIVE = CandidateScoring(tiny_candidates())
 def run(method, tmp_path, epochs=3, recipe=PAPER.name, **kwargs):
     spec = RunSpec(method, 32, 13, "tiny", max_epochs=epochs, recipe=recipe)
     return train(spec, tiny_vlm, DATA, OBJECTIVE, tmp_path / method, **kwargs)
+
+
+def evaluate_paper_recipe_every(epochs, monkeypatch):
+    """The paper recipe with a dev evaluation every ``epochs`` epochs, for the runs of this
+    process (its other rules unchanged): its rules tested in fewer epochs."""
+    shorter = dataclasses.replace(PAPER, eval_every=epochs)
+    monkeypatch.setattr(
+        recipe, "get_recipe", lambda name: shorter if name == PAPER.name else get_recipe(name)
+    )
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -122,25 +132,41 @@ def test_ia3_on_conv1d_scales_attention_outputs_and_feedforward_inputs():
         )
 
 
-def test_the_regularizer_enters_the_mixphm_ra_loss(tmp_path):
-    run("mixphm", tmp_path, epochs=1)
-    run("mixphm-ra", tmp_path, epochs=1)
-    # same seed, data and routing: the first step's loss differs only by α·L_red + β·L_mi
-    plain, regularized = train_losses(tmp_path, "mixphm")[0], train_losses(tmp_path, "mixphm-ra")[0]
-    assert regularized != pytest.approx(plain, abs=1e-4)
+def test_the_mixphm_ra_loss_is_the_answer_loss_plus_the_regularizer(tmp_path):
+    """One step (16 questions, one epoch), no dropout: the recorded loss of MixPHM-RA is the
+    answer loss plus α·L_red + β·L_mi of the same weights, routing and batch, recomputed
+    here; MixPHM's is the answer loss alone."""
+    data = (tiny_split(16, seed=0), *DATA[1:])
+    no_dropout = (("dropout", 0.0),)
+    for method in ("mixphm", "mixphm-ra"):
+        spec = RunSpec(method, 16, 13, "tiny", max_epochs=1, adapter_options=no_dropout)
+        train(spec, tiny_vlm, data, OBJECTIVE, tmp_path / method)
+    torch.manual_seed(13)  # as train() does before it builds the model
+    model = apply_method(tiny_vlm(), "mixphm-ra", 13, dict(no_dropout), PAPER.adapter_activation)
+    regularizer = RedundancyRegularizer(model, regularizer_config("mixphm-ra"))
+    rows = torch.randperm(16, generator=torch.Generator().manual_seed(13 * 100_003))
+    model.train()
+    with regularizer.recording():
+        answer_loss, masks = OBJECTIVE.loss(model, data[0], rows, 0)
+    extra, parts = regularizer.loss(masks)
+    assert set(parts) == {"redundancy", "mutual_information"} and extra.item() > 0
+    assert train_losses(tmp_path, "mixphm")[0] == pytest.approx(answer_loss.item(), rel=1e-5)
+    regularized = train_losses(tmp_path, "mixphm-ra")[0]
+    assert regularized == pytest.approx(answer_loss.item() + extra.item(), rel=1e-5)
 
 
 @pytest.mark.parametrize(
     ("name", "epochs", "seconds_between_checkpoints", "saved_epoch"),
     [
-        (PAPER.name, 35, 300.0, 20),  # the checkpoint of the second dev evaluation
-        (PAPER.name, 35, 0.0, 29),  # that of the epoch before the third, between evaluations
+        (PAPER.name, 11, 300.0, 6),  # the checkpoint of the second dev evaluation
+        (PAPER.name, 11, 0.0, 8),  # that of the epoch before the third, between evaluations
         (QUICK.name, 4, 300.0, 2),
     ],
 )
 def test_resumed_run_ends_exactly_like_an_uninterrupted_one(
     tmp_path, monkeypatch, name, epochs, seconds_between_checkpoints, saved_epoch
 ):
+    evaluate_paper_recipe_every(3, monkeypatch)  # dev after epochs 3, 6, 9 and 11
     straight = run("mixphm", tmp_path / "a", epochs, name)
     evaluations = {"count": 0}
     original = recipe.accuracy
@@ -257,10 +283,11 @@ def test_the_paper_recipe_stops_after_20_validations_without_a_gain_above_the_de
 ):
     # a gain of 0.009 points replaces the kept checkpoint (as its ties do) but is not an
     # improvement above the 0.01 delta, so it does not reset the patience
+    evaluate_paper_recipe_every(1, monkeypatch)
     evaluated = score_dev_with(monkeypatch, [50.0, 50.009])
     result = run("pfeiffer", tmp_path, epochs=1000)
-    assert len(evaluated) == 1 + 20 and result.epochs == 210
-    assert result.best_epoch == 209 and result.dev_accuracy == 50.009
+    assert len(evaluated) == 1 + 20 and result.epochs == 21
+    assert result.best_epoch == 20 and result.dev_accuracy == 50.009
 
 
 def test_selection_and_patience_follow_each_recipe():
