@@ -180,7 +180,7 @@ def test_summarize_only_rebuilds_the_table_from_finished_runs(tmp_path, capsys):
 def test_estimate_only_prints_what_is_left_and_writes_nothing(tmp_path, capsys):
     import json
 
-    from mixphm.training.benchmark import run_dir
+    from mixphm.experiments.benchmark import run_dir
     from mixphm.training.recipe import RunSpec
 
     run = run_dir(tmp_path, RunSpec("mixphm", 64, 13))
@@ -232,7 +232,7 @@ def test_the_package_names_load_on_first_use():
 
 
 def test_variants_are_a_grid_axis_on_top_of_the_adapter_options(tmp_path, monkeypatch):
-    from mixphm.training import benchmark
+    from mixphm.experiments import benchmark
 
     seen = []
     monkeypatch.setattr(benchmark, "grid_estimate", lambda specs, *_: seen.extend(specs) or "")

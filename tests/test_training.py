@@ -436,8 +436,8 @@ def tiny_state_before():
 
 
 def test_a_single_expert_variant_merges_to_that_expert():
+    from mixphm.experiments.experts import ExpertDiagnosis, format_diagnosis, single_expert
     from mixphm.inject import mixphm_adapters
-    from mixphm.training.experts import ExpertDiagnosis, format_diagnosis, single_expert
 
     model = apply_method(tiny_vlm(), "mixphm", seed=13)
     with torch.no_grad():
