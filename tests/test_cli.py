@@ -199,7 +199,7 @@ def test_estimate_only_prints_what_is_left_and_writes_nothing(tmp_path, capsys):
     # k = 128 (scaled by k: 2,400 s each); 13,200 s over two workers
     assert capsys.readouterr().out == (
         "7 runs to go: about 1.8 h of training with 2 workers; the longest, mixphm k = 128 "
-        "seed 13, about 0.7 h alone\n"
+        "seed 13, about 40 min alone\n"
     )
     assert sorted(tmp_path.rglob("*")) == before
     assert cli.main([*argv, "--recipe", "quick-v1"]) == 2
