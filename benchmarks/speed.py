@@ -13,7 +13,10 @@ is plain compilation).
 
 The VL-T5-sized backbone is T5-base with random weights (timing does not need trained ones):
 20 text tokens and 36 visual tokens enter the encoder as embeddings, batch 16, 8 answer
-tokens. Every number is the median of ``--reps`` repetitions after ``--warmup``.
+tokens. The variants compared by a ratio are timed interleaved, one call of each per round
+(A, B, C, A, B, C, ...), ``--reps`` rounds after ``--warmup`` calls each: a ratio is the
+median over rounds of that round's ratio, reported with its range over the rounds
+(``ratio_spread``), and every time is the median over rounds.
 
 Memory: on CUDA the peak allocated memory of a training step; on the CPU, where PyTorch keeps
 no peak counter, the bytes a training step must hold: weights, gradients, optimizer state and
@@ -38,7 +41,7 @@ import torch.nn.functional as F
 import transformers as tf
 from torch import Tensor, nn
 
-from mixphm import MixPHMConfig, add_mixphm, compile_forward, merge_experts
+from mixphm import MixPHMConfig, add_mixphm, compile_forward, deploy
 from mixphm.optim import ExpertAdamW, adamw, routed_parameters
 from mixphm.phm import PHMProjection, PHMRule
 
@@ -124,17 +127,31 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def median_seconds(step: Callable[[], Any], device: torch.device, warmup: int, reps: int) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(reps):
-        synchronize(device)
-        start = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+Steps = dict[str, Callable[[], Any]]
+Rounds = dict[str, list[float]]
+"""Per variant, its milliseconds in each round."""
+
+
+def interleaved_ms(steps: Steps, device: torch.device, warmup: int, rounds: int) -> Rounds:
+    """Time the variants in turn, A, B, C, A, B, C, ..., one call each per round after
+    ``warmup`` calls each, so a drift in the machine's speed reaches every variant alike."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times: Rounds = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            synchronize(device)
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            times[name].append(1e3 * (time.perf_counter() - start))
+    return times
+
+
+def round_ratios(times: Rounds, numerator: str, denominator: str) -> list[float]:
+    """``numerator`` / ``denominator`` within each round."""
+    return [a / b for a, b in zip(times[numerator], times[denominator], strict=True)]
 
 
 def train_step(workload: Workload, model: nn.Module, floor: bool) -> tuple[Callable[[], None], Any]:
@@ -197,9 +214,9 @@ def phm_layer(
     device: torch.device,
     dtype: torch.dtype,
     warmup: int,
-    reps: int,
+    rounds: int,
     compiled: Callable[[Callable[..., Tensor]], Callable[..., Tensor]] = lambda fn: fn,
-) -> dict[str, float]:
+) -> Rounds:
     """768 → 64, n = 4, rank 8, 16 × 56 tokens: forward + backward, and cached inference.
     Also a dense layer of the same shape whose weight is a parameter: the floor of any
     implementation that multiplies by the full weight. Every forward goes through
@@ -241,18 +258,17 @@ def phm_layer(
     # rounding grows with the dtype's epsilon; a wrong weight layout is off by O(scale)
     tolerance = 16 * torch.finfo(dtype).eps * naive.abs().max()
     assert (ours - naive).abs().max() <= tolerance, "the two PHM implementations disagree"
-    return {
-        "phm_train_ours_ms": 1e3 * median_seconds(ours_train, device, warmup, reps),
-        "phm_train_naive_ms": 1e3 * median_seconds(naive_train, device, warmup, reps),
-        "phm_train_dense_ms": 1e3 * median_seconds(dense_train, device, warmup, reps),
-        "phm_infer_ours_ms": 1e3 * median_seconds(ours_infer, device, warmup, reps),
-        "phm_infer_naive_ms": 1e3 * median_seconds(naive_infer, device, warmup, reps),
+    steps = {
+        "phm_train_ours": ours_train,
+        "phm_train_naive": naive_train,
+        "phm_train_dense": dense_train,
+        "phm_infer_ours": ours_infer,
+        "phm_infer_naive": naive_infer,
     }
+    return interleaved_ms(steps, device, warmup, rounds)
 
 
-def optimizer_step(
-    workload: Workload, device: torch.device, warmup: int, reps: int
-) -> dict[str, float]:
+def optimizer_step(workload: Workload, device: torch.device, warmup: int, rounds: int) -> Rounds:
     """The optimizer step alone on MixPHM's trainable tensors, gradients given: ExpertAdamW
     (one routed expert per projection, as in training) against torch's fused AdamW, which
     updates every expert and so is the floor of any per-expert scheme."""
@@ -270,10 +286,28 @@ def optimizer_step(
             projection.routed[0] = True
         ours.step()
 
-    return {
-        "optim_expert_adamw_ms": 1e3 * median_seconds(expert_step, device, warmup, reps),
-        "optim_fused_adamw_ms": 1e3 * median_seconds(fused.step, device, warmup, reps),
-    }
+    steps = {"optim_expert_adamw": expert_step, "optim_fused_adamw": fused.step}
+    return interleaved_ms(steps, device, warmup, rounds)
+
+
+RATIOS = {
+    "train_mixphm_over_lora": ("train_mixphm", "train_lora"),
+    "train_mixphm_over_full": ("train_mixphm", "train_full"),
+    "train_mixphm_over_pfeiffer": ("train_mixphm", "train_pfeiffer"),
+    "train_mixphm_over_floor": ("train_mixphm", "train_floor"),
+    "infer_merged_over_adapter": ("infer_mixphm", "infer_pfeiffer"),
+    "infer_deployed_over_adapter": ("infer_mixphm_deployed", "infer_pfeiffer"),
+    "infer_merged_over_base": ("infer_mixphm", "infer_base"),
+    "infer_deployed_over_base": ("infer_mixphm_deployed", "infer_base"),
+    "phm_layer_speedup_over_naive": ("phm_train_naive", "phm_train_ours"),
+    "phm_layer_over_dense": ("phm_train_ours", "phm_train_dense"),
+    "phm_layer_naive_over_dense": ("phm_train_naive", "phm_train_dense"),
+    "phm_layer_inference_speedup_over_naive": ("phm_infer_naive", "phm_infer_ours"),
+    "optim_expert_over_fused_adamw": ("optim_expert_adamw", "optim_fused_adamw"),
+}
+"""Each reported ratio: (numerator, denominator), two variants timed in the same rounds.
+``infer_mixphm`` is the default eval path (the merge built inside every forward);
+``infer_mixphm_deployed`` the one after ``mixphm.deploy`` (merged once, then fixed)."""
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -284,7 +318,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument(
+        "--reps", type=int, default=5, help="rounds of interleaved calls (one per variant)"
+    )
     modes = parser.add_mutually_exclusive_group()
     modes.add_argument(
         "--compile", action="store_true", help="torch.compile every forward before timing it"
@@ -313,48 +349,46 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def compiled(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         return fn if options is None else torch.compile(fn, **options)
 
-    timings: dict[str, float] = {}
-    for method in ("mixphm", "lora", "pfeiffer", "full", "floor"):
-        model = prepared(method)
-        step, _ = train_step(workload, model, floor=method == "floor")
-        timings[f"train_{method}_ms"] = 1e3 * median_seconds(step, device, args.warmup, args.reps)
-        print(f"train {method}: {timings[f'train_{method}_ms']:.1f} ms", file=sys.stderr)
-    for method in ("mixphm", "pfeiffer", "base"):
-        model = prepared(method).eval()
-        if method == "mixphm":
-            merge_experts(model)
+    def train_steps() -> Steps:
+        steps = {}
+        for method in ("mixphm", "lora", "pfeiffer", "full", "floor"):
+            steps[f"train_{method}"], _ = train_step(
+                workload, prepared(method), floor=method == "floor"
+            )
+        return steps
 
-        def forward(model: nn.Module = model) -> None:
-            with torch.no_grad():
-                workload.loss(model, workload.inputs)
+    def infer_steps() -> Steps:
+        models = {
+            "infer_mixphm": prepared("mixphm").eval(),
+            "infer_mixphm_deployed": deploy(prepared("mixphm")),
+            "infer_pfeiffer": prepared("pfeiffer").eval(),
+            "infer_base": prepared("base").eval(),
+        }
 
-        timings[f"infer_{method}_ms"] = 1e3 * median_seconds(
-            forward, device, args.warmup, args.reps
-        )
-        print(f"infer {method}: {timings[f'infer_{method}_ms']:.1f} ms", file=sys.stderr)
+        def forward(model: nn.Module) -> Callable[[], None]:
+            def step() -> None:
+                with torch.no_grad():
+                    workload.loss(model, workload.inputs)
+
+            return step
+
+        return {name: forward(model) for name, model in models.items()}
+
+    rounds: Rounds = {}
+    for name, group in (("training steps", train_steps), ("inference", infer_steps)):
+        rounds |= interleaved_ms(group(), device, args.warmup, args.reps)
+        print(f"{name}: done", file=sys.stderr)
+    rounds |= phm_layer(device, dtype, args.warmup, max(args.reps, 200), compiled)
+    rounds |= optimizer_step(workload, device, args.warmup, max(args.reps, 20))
     memory = {
         f"peak_bytes_{m}": training_bytes(workload, with_method(workload, m), device)
         for m in ("mixphm", "full")
     }
-    timings |= phm_layer(device, dtype, args.warmup, max(args.reps, 200), compiled)
-    timings |= optimizer_step(workload, device, args.warmup, max(args.reps, 20))
-    ratios = {
-        "train_mixphm_over_lora": timings["train_mixphm_ms"] / timings["train_lora_ms"],
-        "train_mixphm_over_full": timings["train_mixphm_ms"] / timings["train_full_ms"],
-        "train_mixphm_over_pfeiffer": timings["train_mixphm_ms"] / timings["train_pfeiffer_ms"],
-        "train_mixphm_over_floor": timings["train_mixphm_ms"] / timings["train_floor_ms"],
-        "infer_merged_over_adapter": timings["infer_mixphm_ms"] / timings["infer_pfeiffer_ms"],
-        "infer_merged_over_base": timings["infer_mixphm_ms"] / timings["infer_base_ms"],
-        "phm_layer_speedup_over_naive": timings["phm_train_naive_ms"]
-        / timings["phm_train_ours_ms"],
-        "phm_layer_over_dense": timings["phm_train_ours_ms"] / timings["phm_train_dense_ms"],
-        "phm_layer_naive_over_dense": timings["phm_train_naive_ms"] / timings["phm_train_dense_ms"],
-        "phm_layer_inference_speedup_over_naive": timings["phm_infer_naive_ms"]
-        / timings["phm_infer_ours_ms"],
-        "optim_expert_over_fused_adamw": timings["optim_expert_adamw_ms"]
-        / timings["optim_fused_adamw_ms"],
-        "peak_memory_mixphm_over_full": memory["peak_bytes_mixphm"] / memory["peak_bytes_full"],
-    }
+    per_round = {name: round_ratios(rounds, *pair) for name, pair in RATIOS.items()}
+    ratios = {name: statistics.median(values) for name, values in per_round.items()}
+    ratios["peak_memory_mixphm_over_full"] = memory["peak_bytes_mixphm"] / memory["peak_bytes_full"]
+    spread = {name: [min(values), max(values)] for name, values in per_round.items()}
+    timings = {f"{name}_ms": statistics.median(values) for name, values in rounds.items()}
     report = {
         "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": {
@@ -369,6 +403,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "compiled": options is not None,
         "cuda_graphs": args.cuda_graphs,
         "ratios": ratios,
+        "ratio_spread": spread,
         "timings_ms": timings,
         "memory_bytes": memory,
     }

@@ -1,5 +1,9 @@
 """Run under torchrun: train a tiny backbone with AdaMix (routed experts, no dropout) through
-the recipe under DDP; each rank writes its final trainable weights to <out>/rank<R>.pt."""
+the recipe under DDP on <k> training questions; each rank writes its final trainable
+weights to <out>/rank<R>.pt.
+
+    torchrun --nproc_per_node=2 ddp_training_worker.py <out> <k>
+"""
 
 import os
 import sys
@@ -13,10 +17,12 @@ from tiny_models import tiny_candidates, tiny_split, tiny_vlm
 from mixphm.training.objectives import CandidateScoring
 from mixphm.training.recipe import RunSpec, train, trainable_state
 
-DATA = (tiny_split(32, seed=0), tiny_split(16, seed=1), tiny_split(16, seed=2))
+
+def worker_data(k: int):
+    return tiny_split(k, seed=0), tiny_split(16, seed=1), tiny_split(16, seed=2)
 
 
-def main(out: Path) -> None:
+def main(out: Path, k: int) -> None:
     accelerator = Accelerator(cpu=True)
     rank = accelerator.process_index
     torch.manual_seed(1000 + rank)  # the recipe must not depend on each process's RNG
@@ -26,9 +32,10 @@ def main(out: Path) -> None:
         captured["model"] = tiny_vlm()
         return captured["model"]
 
-    spec = RunSpec("adamix", 32, 13, "tiny", max_epochs=2)
+    spec = RunSpec("adamix", k, 13, "tiny", max_epochs=2)
+    data = worker_data(k)
     train(
-        spec, build, DATA, CandidateScoring(tiny_candidates()), out / f"run-rank{rank}", accelerator
+        spec, build, data, CandidateScoring(tiny_candidates()), out / f"run-rank{rank}", accelerator
     )
     torch.save(trainable_state(captured["model"]), out / f"rank{rank}.pt")
     dist.barrier()
@@ -36,4 +43,4 @@ def main(out: Path) -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), int(sys.argv[2]))

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from mixphm.backbones.generation import Decoding
-from mixphm.training.external import ExternalData, run_external_grid
+from mixphm.experiments.external import ExternalData, run_external_grid
 from mixphm.training.recipe import RunSpec
 
 

@@ -2,7 +2,8 @@
 
 Every rank seeds its global RNG differently and sees different labels on purpose: the
 ranks end equal only if routing ignores the global RNG and DDP averages the gradients.
-Writes ``<out>/rank<R>.pt`` with the expert choices per step and the final adapter state.
+Writes ``<out>/rank<R>.pt`` with the expert choices per step and the initial and final
+adapter states.
 """
 
 import os
@@ -23,6 +24,9 @@ def main(out_dir: str) -> None:
     torch.manual_seed(1234)  # identical base and adapter initialisation
     built = t5()
     model = add_mixphm(built.model, MixPHMConfig(reduction_factor=4, phm_dim=2, routing_seed=42))
+    initial = {
+        p: {k: v.clone() for k, v in a.state_dict().items()} for p, a in mixphm_adapters(model)
+    }
     torch.manual_seed(1000 + rank)  # different global RNG per rank
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
@@ -36,7 +40,8 @@ def main(out_dir: str) -> None:
         optimizer.zero_grad()
         choices.append(model.mixphm_router.choices.clone())
     state = {p: a.state_dict() for p, a in mixphm_adapters(model)}
-    torch.save({"choices": torch.stack(choices), "state": state}, f"{out_dir}/rank{rank}.pt")
+    saved = {"choices": torch.stack(choices), "state": state, "initial": initial}
+    torch.save(saved, f"{out_dir}/rank{rank}.pt")
     # DDP's reducer must not hold the last reference to the process group: freed from the
     # reducer, gloo's destructor keeps the GIL while it joins worker threads that may need
     # it (pytorch/pytorch#56297), and the rank hangs at exit now and then.

@@ -1,4 +1,4 @@
-"""Routing in training, the merged expert in evaluation, and the merge cache."""
+"""Routing in training and the merged expert in evaluation."""
 
 import math
 import re
@@ -117,48 +117,6 @@ class CountingWeights:
         monkeypatch.setattr(mixphm.phm, "phm_weight_t", counted)
 
 
-def test_eval_forwards_reuse_the_merge_and_never_rebuild_it(monkeypatch):
-    adapter, _ = make_adapter()
-    counter = CountingWeights(monkeypatch)
-    adapter.eval()  # entering eval mode merges: one down and one up weight
-    assert counter.calls == 2
-    h = torch.randn(2, D, dtype=torch.float64)
-    with torch.no_grad():
-        outputs = [adapter(h) for _ in range(20)]
-    assert counter.calls == 2
-    for out in outputs[1:]:
-        assert torch.equal(out, outputs[0])
-
-
-def ema_style_write(adapter):
-    """Change the weights as an EMA or another library does: through ``.data``, which
-    bumps no version counter."""
-    adapter.up.bias.data.add_(1.0)
-
-
-def test_a_write_through_data_is_served_from_the_next_merge():
-    adapter, _ = make_adapter()
-    adapter.eval()
-    h = torch.randn(2, D, dtype=torch.float64)
-    with torch.no_grad():
-        before = adapter(h)
-        ema_style_write(adapter)
-        # the documented contract: eval forwards serve the last merge until the next one
-        torch.testing.assert_close(adapter(h), before)
-        adapter.eval()  # entering eval mode again (every evaluation loop does) re-merges
-        torch.testing.assert_close(adapter(h), before + 1.0)
-        ema_style_write(adapter)
-        merge_experts_of(adapter)
-        torch.testing.assert_close(adapter(h), before + 2.0)
-
-
-def merge_experts_of(adapter):
-    from mixphm import merge_experts
-
-    holder = torch.nn.Sequential(adapter)
-    merge_experts(holder)
-
-
 def test_changing_the_merge_mode_after_an_evaluation_serves_the_new_merge():
     adapter, _ = make_adapter()
     adapter.eval()
@@ -174,23 +132,6 @@ def test_changing_the_merge_mode_after_an_evaluation_serves_the_new_merge():
         expected = reference_forward(h, adapter.down.expert(0), by_products)
         torch.testing.assert_close(adapter(h), expected)
         assert not torch.allclose(adapter(h), by_factors)
-
-
-def test_loading_weights_and_casting_re_merge():
-    adapter, _ = make_adapter()
-    twin, _ = make_adapter()
-    with torch.no_grad():
-        for p in twin.parameters():
-            p.add_(0.5)
-    adapter.eval()
-    h = torch.randn(2, D, dtype=torch.float64)
-    with torch.no_grad():
-        adapter.load_state_dict(twin.state_dict())
-        twin.eval()
-        torch.testing.assert_close(adapter(h), twin(h), rtol=0, atol=0)
-        adapter.float()
-        assert adapter.merged_up_weight.dtype == torch.float32
-        torch.testing.assert_close(adapter(h.float()), twin(h).float(), rtol=1e-5, atol=1e-5)
 
 
 def test_eval_with_gradients_reaches_every_expert():

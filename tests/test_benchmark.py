@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from tiny_models import tiny_candidates, tiny_split, tiny_vlm
 
-import mixphm.training.benchmark as benchmark
+import mixphm.experiments.benchmark as benchmark
 from mixphm.training import checkpoint
 from mixphm.training.recipe import (
     CHECKPOINT_FILE,
@@ -72,13 +72,13 @@ def test_the_remaining_estimate_takes_off_what_runs_in_flight_have_trained(tmp_p
     checkpoint.save_atomic({"elapsed": 450.0}, path)
     # 600 - 450 s for the run under way, 600 s for the fresh one: 750 s with one worker
     assert benchmark.grid_estimate([under_way, fresh], tmp_path, workers=1) == (
-        "2 runs to go (1 already under way): about 0.2 h of training with 1 worker; the "
-        "longest, mixphm k = 64 seed 42, about 0.2 h alone"
+        "2 runs to go (1 already under way): about 12 min of training with 1 worker; the "
+        "longest, mixphm k = 64 seed 42, about 10 min alone"
     )
     checkpoint.save_atomic({"elapsed": 5000.0}, path)  # past its estimate: none left
     assert benchmark.trained_so_far(tmp_path, [under_way, fresh]) == {under_way: 5000.0}
     assert benchmark.grid_estimate([under_way], tmp_path, workers=1).startswith(
-        "1 run to go (1 already under way): about 0.0 h"
+        "1 run to go (1 already under way): about 0 min"
     )
 
 
@@ -131,8 +131,8 @@ def test_the_remaining_estimate_comes_from_finished_runs(tmp_path):
     left = [RunSpec("mixphm", 64, 21), RunSpec("full", 64, 13), RunSpec("mixphm", 128, 13)]
     # same variant and k: 600 s; same k: 600 s; nearest k of the variant scaled: 1,200 s
     assert benchmark.remaining_estimate(finished, left, workers=2) == (
-        "3 runs to go: about 0.3 h of training with 2 workers; the longest, mixphm k = 128 "
-        "seed 13, about 0.3 h alone"
+        "3 runs to go: about 20 min of training with 2 workers; the longest, mixphm k = 128 "
+        "seed 13, about 20 min alone"
     )
 
 

@@ -7,7 +7,7 @@ import pytest
 from mixphm import cli
 from mixphm.data import load_easy_vqa
 from mixphm.data.examples import VQAExample
-from mixphm.training.breakdown import (
+from mixphm.experiments.breakdown import (
     RunBreakdown,
     TypeOutcome,
     breakdown,

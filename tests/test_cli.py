@@ -180,7 +180,7 @@ def test_summarize_only_rebuilds_the_table_from_finished_runs(tmp_path, capsys):
 def test_estimate_only_prints_what_is_left_and_writes_nothing(tmp_path, capsys):
     import json
 
-    from mixphm.training.benchmark import run_dir
+    from mixphm.experiments.benchmark import run_dir
     from mixphm.training.recipe import RunSpec
 
     run = run_dir(tmp_path, RunSpec("mixphm", 64, 13))
@@ -199,7 +199,7 @@ def test_estimate_only_prints_what_is_left_and_writes_nothing(tmp_path, capsys):
     # k = 128 (scaled by k: 2,400 s each); 13,200 s over two workers
     assert capsys.readouterr().out == (
         "7 runs to go: about 1.8 h of training with 2 workers; the longest, mixphm k = 128 "
-        "seed 13, about 0.7 h alone\n"
+        "seed 13, about 40 min alone\n"
     )
     assert sorted(tmp_path.rglob("*")) == before
     assert cli.main([*argv, "--recipe", "quick-v1"]) == 2
@@ -232,7 +232,7 @@ def test_the_package_names_load_on_first_use():
 
 
 def test_variants_are_a_grid_axis_on_top_of_the_adapter_options(tmp_path, monkeypatch):
-    from mixphm.training import benchmark
+    from mixphm.experiments import benchmark
 
     seen = []
     monkeypatch.setattr(benchmark, "grid_estimate", lambda specs, *_: seen.extend(specs) or "")

@@ -1,7 +1,7 @@
 import worker_tasks
 
-from mixphm.training.cores import CoreShare, threads_per_worker
-from mixphm.training.workers import map_in_workers
+from mixphm.experiments.cores import CoreShare, threads_per_worker
+from mixphm.experiments.workers import map_in_workers
 
 
 def test_a_lone_run_gets_every_core_and_a_pool_shares_them():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mixphm import cli
-from mixphm.training.curves import RunCurve, curves, format_curves, replay_selection
+from mixphm.experiments.curves import RunCurve, curves, format_curves, replay_selection
 
 PAPER_RUNS = Path(__file__).parents[1] / "results/easy-vqa-paper-v1/runs/paper-v1/pretrained"
 

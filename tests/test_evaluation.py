@@ -3,7 +3,16 @@
 import pytest
 
 from mixphm import vqa_accuracy
-from mixphm.evaluation import Scored, exact_match, normalize_answer, summarize
+from mixphm.evaluation import (
+    ARTICLES,
+    CONTRACTIONS,
+    NUMBER_WORDS,
+    PUNCTUATION,
+    Scored,
+    exact_match,
+    normalize_answer,
+    summarize,
+)
 
 
 @pytest.mark.parametrize(
@@ -19,8 +28,17 @@ from mixphm.evaluation import Scored, exact_match, normalize_answer, summarize
         ("The cat", "cat"),  # articles
         ("an apple a day", "apple day"),
         ("dont know", "don't know"),  # contractions regain their apostrophe
-        ("couldntve", "couldn't've"),
+        ("Dont", "don't"),  # looked up after lower-casing
+        ("couldnt've", "couldn't've"),  # the official table's two spellings...
+        ("couldn'tve", "couldn't've"),
+        ("couldntve", "couldntve"),  # ...and not this one
+        ("twas", "'twas"),
+        ("im", "im"),  # the table's keys "Im" and "Ive" never match lower-cased words
+        ("Ive", "ive"),
+        ("somebody'd", "somebodyd"),  # the table's own entry, kept as it is
         ("its", "its"),  # ordinary words are not contractions
+        ("one-way", "1 way"),  # punctuation first, then number words
+        ("NONE.", "0"),
         ("  red\tand\nblue ", "red and blue"),
     ],
 )
@@ -42,7 +60,22 @@ def test_held_out_averaging_by_hand():
     assert vqa_accuracy("2", ["2"] * 3 + ["3"] * 7) == pytest.approx(0.9)
 
 
+def test_the_tables_are_the_official_ones():
+    # vqaEval.py (GT-Vision-Lab/VQA, commit c4e6a0e): 120 contractions, 21 punctuation marks
+    # in this order, the number words zero to ten and "none", three articles
+    assert len(CONTRACTIONS) == 120
+    assert CONTRACTIONS["yall'd've"] == "y'all'd've" and CONTRACTIONS["let's"] == "let's"
+    assert {k for k in CONTRACTIONS if k != k.lower()} == {"Id've", "I'dve", "Im", "Ive"}
+    assert "".join(PUNCTUATION) == ';/[]"{}()=+\\_-><@`,?!'
+    words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+    assert {"none": "0", **{w: str(i) for i, w in enumerate(words)}} == NUMBER_WORDS
+    assert sorted(ARTICLES) == ["a", "an", "the"]
+
+
 def test_normalisation_applies_to_both_sides():
+    # a deliberate departure: the official script gives the human answers only its
+    # punctuation step (and only when they differ), so there "2" scores 0 against ten "two"
+
     assert vqa_accuracy("Two.", ["2"] * 10) == 1.0
     assert vqa_accuracy("2", ["two"] * 10) == 1.0
     assert vqa_accuracy("the red one", ["red one"] * 2 + ["blue"] * 8) == pytest.approx(0.6)

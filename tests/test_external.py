@@ -105,7 +105,7 @@ def test_two_torchrun_ranks_train_one_run_and_rank_zero_writes_the_table(vlt5_fi
 def test_torchrun_ranks_are_refused_together_and_leave_no_process_group_behind(tmp_path):
     from two_ranks import TESTS, torchrun_two_ranks
 
-    from mixphm.training.benchmark import training_lock
+    from mixphm.experiments.benchmark import training_lock
 
     with training_lock(tmp_path):
         torchrun_two_ranks(str(TESTS / "lock_worker.py"), str(tmp_path), timeout=300)

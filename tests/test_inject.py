@@ -8,8 +8,8 @@ from tiny_models import BUILDERS, text_config, vision_config
 from mixphm import (
     MixPHMConfig,
     add_mixphm,
+    deploy,
     load_adapter,
-    merge_experts,
     mixphm_adapters,
     parameter_counts,
     save_adapter,
@@ -116,13 +116,16 @@ def test_adapters_train_alone_change_the_merged_output_and_reload_exactly(tiny, 
             return model(**built.batch).loss.item()
 
     before = merged_loss()
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if ".mixphm." not in n}
     optimizer = adamw(model, lr=1e-2, weight_decay=0.0)
     for _ in range(8):
         model.train()
         model(**built.batch).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+    for path, param in model.named_parameters():
+        if path in frozen:
+            assert torch.equal(param, frozen[path]), path
     assert merged_loss() < before
     model.eval()
     with torch.no_grad():
@@ -331,8 +334,14 @@ def test_placement_by_structure_attaches_to_unnamed_architectures(model_class, f
     torch.manual_seed(0)
     model = add_mixphm(model_class(model_class.config_class(**fields)), SMALL_TEXT).eval()
     assert len(list(mixphm_adapters(model))) == block_count(model.config)
+    batch = architecture_batch(model)
     with torch.no_grad():
-        model(**architecture_batch(model))
+        before = output_tensors(model, batch)
+        for _, adapter in mixphm_adapters(model):  # every adapter reaches the output
+            adapter.up.bias.add_(1.0)
+            after = output_tensors(model, batch)
+            assert not all(torch.equal(a, b) for a, b in zip(after, before, strict=True))
+            adapter.up.bias.sub_(1.0)
 
 
 def test_fused_mixture_of_experts_is_refused_saying_why():
@@ -374,9 +383,9 @@ def test_adding_twice_is_refused():
         add_mixphm(model, SMALL)
 
 
-def test_merge_experts_requires_adapters():
+def test_deploy_requires_adapters():
     with pytest.raises(ValueError, match="call add_mixphm first"):
-        merge_experts(BUILDERS["t5"]().model)
+        deploy(BUILDERS["t5"]().model)
 
 
 def test_a_rule_per_layer_gives_each_adapter_its_own_trained_s(tmp_path):

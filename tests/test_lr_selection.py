@@ -6,8 +6,8 @@ import json
 import pytest
 
 from mixphm import cli
-from mixphm.training import benchmark
-from mixphm.training.lr_selection import choose_rate, selection_specs
+from mixphm.experiments import benchmark
+from mixphm.experiments.lr_selection import choose_rate, selection_specs
 from mixphm.training.methods import method_settings
 from mixphm.training.recipe import RunSpec
 

@@ -6,7 +6,7 @@ import statistics
 import pytest
 
 from mixphm import cli
-from mixphm.training.paired import paired, t_quantile_975
+from mixphm.experiments.paired import paired, t_quantile_975
 
 
 def test_the_t_quantile_matches_the_tables():

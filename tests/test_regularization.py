@@ -104,7 +104,7 @@ def t5_masks(batch):
     return {"encoder": encoder, "decoder": batch["labels"] != -100}
 
 
-def test_gradients_of_the_regularizer_reach_only_adapter_parameters():
+def test_the_regularizers_gradient_reaches_every_adapter_of_both_stacks():
     model, batch = adapted_t5()
     regularizer = RedundancyRegularizer(model, RedundancyConfig())
     assert regularizer.stacks == ["decoder", "encoder"]
@@ -113,19 +113,18 @@ def test_gradients_of_the_regularizer_reach_only_adapter_parameters():
     loss, parts = regularizer.loss(t5_masks(batch))
     assert set(parts) == {"redundancy", "mutual_information"}
     loss.backward()
-    adapter_params = {id(p) for _, a in mixphm_adapters(model) for p in a.parameters()}
-    for name, param in model.named_parameters():
-        if id(param) in adapter_params:
-            continue
-        assert param.grad is None, name
-    down_grads = [a.down.left.grad for _, a in mixphm_adapters(model)]
-    assert all(g is not None and g.abs().sum() > 0 for g in down_grads)
+    adapters = list(mixphm_adapters(model))
+    assert {path.split(".")[0] for path, _ in adapters} == {"encoder", "decoder"}
+    for path, adapter in adapters:
+        for name, param in adapter.named_parameters():
+            if name != "down.rule.S":  # the shared S's one copy sits in the first adapter
+                assert param.grad is not None and param.grad.abs().sum() > 0, f"{path}.{name}"
 
 
 def test_each_term_switches_off_on_its_own():
     model, batch = adapted_t5()
     masks = t5_masks(batch)
-    results = {}
+    results, captures = {}, {}
     for name, config in {
         "both": RedundancyConfig(alpha=0.2, beta=0.04),
         "red": RedundancyConfig(alpha=0.2, beta=0.0),
@@ -136,11 +135,46 @@ def test_each_term_switches_off_on_its_own():
         with regularizer.recording():
             model(**batch)
         results[name] = regularizer.loss(masks)
+        captures[name] = regularizer.capture
     assert set(results["red"][1]) == {"redundancy"} and set(results["mi"][1]) == {
         "mutual_information"
     }
-    combined = results["red"][0].item() + results["mi"][0].item()
-    assert combined == pytest.approx(results["both"][0].item(), rel=1e-5)
+    # the weighted sum of the layer means, not just the sum of the two terms alone
+    both, parts = results["both"]
+    expected = 0.2 * parts["redundancy"].item() + 0.04 * parts["mutual_information"].item()
+    assert both.item() == pytest.approx(expected, rel=1e-6)
+    assert parts["redundancy"].item() == pytest.approx(mean_red(captures["both"], masks), rel=1e-6)
+
+
+def mean_red(capture, masks):
+    """The redundancy term by hand from a recording: the mean over each stack's layers,
+    then over the stacks."""
+    by_stack = {}
+    for layer in capture.layers.values():
+        by_stack.setdefault(layer.stack, []).append(
+            decorrelation_penalty(layer.h_a, layer.h, masks[layer.stack].bool()).item()
+        )
+    return sum(sum(v) / len(v) for v in by_stack.values()) / len(by_stack)
+
+
+def test_stacks_with_unequal_adapter_counts_weigh_alike():
+    """The reference's 0.5 · (encoder mean + decoder mean), not a mean pooled over layers."""
+    torch.manual_seed(0)
+    built = t5()  # 2 + 2 blocks; adapted: both encoder blocks, the first decoder block
+    targets = r"(encoder\.block\.\d|decoder\.block\.0)\.layer\.\d\.DenseReluDense\.wo"
+    config = MixPHMConfig(reduction_factor=4, phm_dim=2, phm_rank=2, target_modules=targets)
+    model = add_mixphm(built.model, config)
+    regularizer = RedundancyRegularizer(model, RedundancyConfig(alpha=1.0, beta=0.0))
+    with regularizer.recording():
+        model(**built.batch)
+    masks = t5_masks(built.batch)
+    _, parts = regularizer.loss(masks)
+    layers = regularizer.capture.layers.values()
+    assert sorted(layer.stack for layer in layers) == ["decoder", "encoder", "encoder"]
+    red = parts["redundancy"].item()
+    assert red == pytest.approx(mean_red(regularizer.capture, masks), rel=1e-6)
+    pooled = [decorrelation_penalty(a.h_a, a.h, masks[a.stack].bool()).item() for a in layers]
+    assert red != pytest.approx(sum(pooled) / len(pooled), rel=1e-3)
 
 
 def test_switched_off_regularizer_installs_no_hooks():

@@ -54,3 +54,5 @@ def test_two_gloo_processes_route_identically_and_stay_in_sync(tmp_path):
     for path, state in rank0["state"].items():
         for name, value in state.items():
             assert torch.equal(value, rank1["state"][path][name]), f"{path}.{name}"
+        # and they agree on trained weights: every adapter's up-projection moved
+        assert not torch.equal(state["up.right"], rank0["initial"][path]["up.right"]), path

@@ -13,7 +13,8 @@ from tiny_models import BUILDERS, tiny_candidates, tiny_split, tiny_vlm
 import mixphm.training.checkpoint as checkpoint
 import mixphm.training.objectives as objectives
 import mixphm.training.recipe as recipe
-from mixphm.training.methods import METHODS, apply_method, method_settings
+from mixphm.regularization import RedundancyRegularizer
+from mixphm.training.methods import METHODS, apply_method, method_settings, regularizer_config
 from mixphm.training.objectives import CandidateScoring
 from mixphm.training.recipe import (
     RunResult,
@@ -32,6 +33,15 @@ OBJECTIVE = CandidateScoring(tiny_candidates())
 def run(method, tmp_path, epochs=3, recipe=PAPER.name, **kwargs):
     spec = RunSpec(method, 32, 13, "tiny", max_epochs=epochs, recipe=recipe)
     return train(spec, tiny_vlm, DATA, OBJECTIVE, tmp_path / method, **kwargs)
+
+
+def evaluate_paper_recipe_every(epochs, monkeypatch):
+    """The paper recipe with a dev evaluation every ``epochs`` epochs, for the runs of this
+    process (its other rules unchanged): its rules tested in fewer epochs."""
+    shorter = dataclasses.replace(PAPER, eval_every=epochs)
+    monkeypatch.setattr(
+        recipe, "get_recipe", lambda name: shorter if name == PAPER.name else get_recipe(name)
+    )
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -122,25 +132,41 @@ def test_ia3_on_conv1d_scales_attention_outputs_and_feedforward_inputs():
         )
 
 
-def test_the_regularizer_enters_the_mixphm_ra_loss(tmp_path):
-    run("mixphm", tmp_path, epochs=1)
-    run("mixphm-ra", tmp_path, epochs=1)
-    # same seed, data and routing: the first step's loss differs only by α·L_red + β·L_mi
-    plain, regularized = train_losses(tmp_path, "mixphm")[0], train_losses(tmp_path, "mixphm-ra")[0]
-    assert regularized != pytest.approx(plain, abs=1e-4)
+def test_the_mixphm_ra_loss_is_the_answer_loss_plus_the_regularizer(tmp_path):
+    """One step (16 questions, one epoch), no dropout: the recorded loss of MixPHM-RA is the
+    answer loss plus α·L_red + β·L_mi of the same weights, routing and batch, recomputed
+    here; MixPHM's is the answer loss alone."""
+    data = (tiny_split(16, seed=0), *DATA[1:])
+    no_dropout = (("dropout", 0.0),)
+    for method in ("mixphm", "mixphm-ra"):
+        spec = RunSpec(method, 16, 13, "tiny", max_epochs=1, adapter_options=no_dropout)
+        train(spec, tiny_vlm, data, OBJECTIVE, tmp_path / method)
+    torch.manual_seed(13)  # as train() does before it builds the model
+    model = apply_method(tiny_vlm(), "mixphm-ra", 13, dict(no_dropout), PAPER.adapter_activation)
+    regularizer = RedundancyRegularizer(model, regularizer_config("mixphm-ra"))
+    rows = torch.randperm(16, generator=torch.Generator().manual_seed(13 * 100_003))
+    model.train()
+    with regularizer.recording():
+        answer_loss, masks = OBJECTIVE.loss(model, data[0], rows, 0)
+    extra, parts = regularizer.loss(masks)
+    assert set(parts) == {"redundancy", "mutual_information"} and extra.item() > 0
+    assert train_losses(tmp_path, "mixphm")[0] == pytest.approx(answer_loss.item(), rel=1e-5)
+    regularized = train_losses(tmp_path, "mixphm-ra")[0]
+    assert regularized == pytest.approx(answer_loss.item() + extra.item(), rel=1e-5)
 
 
 @pytest.mark.parametrize(
     ("name", "epochs", "seconds_between_checkpoints", "saved_epoch"),
     [
-        (PAPER.name, 35, 300.0, 20),  # the checkpoint of the second dev evaluation
-        (PAPER.name, 35, 0.0, 29),  # that of the epoch before the third, between evaluations
+        (PAPER.name, 11, 300.0, 6),  # the checkpoint of the second dev evaluation
+        (PAPER.name, 11, 0.0, 8),  # that of the epoch before the third, between evaluations
         (QUICK.name, 4, 300.0, 2),
     ],
 )
 def test_resumed_run_ends_exactly_like_an_uninterrupted_one(
     tmp_path, monkeypatch, name, epochs, seconds_between_checkpoints, saved_epoch
 ):
+    evaluate_paper_recipe_every(3, monkeypatch)  # dev after epochs 3, 6, 9 and 11
     straight = run("mixphm", tmp_path / "a", epochs, name)
     evaluations = {"count": 0}
     original = recipe.accuracy
@@ -257,10 +283,11 @@ def test_the_paper_recipe_stops_after_20_validations_without_a_gain_above_the_de
 ):
     # a gain of 0.009 points replaces the kept checkpoint (as its ties do) but is not an
     # improvement above the 0.01 delta, so it does not reset the patience
+    evaluate_paper_recipe_every(1, monkeypatch)
     evaluated = score_dev_with(monkeypatch, [50.0, 50.009])
     result = run("pfeiffer", tmp_path, epochs=1000)
-    assert len(evaluated) == 1 + 20 and result.epochs == 210
-    assert result.best_epoch == 209 and result.dev_accuracy == 50.009
+    assert len(evaluated) == 1 + 20 and result.epochs == 21
+    assert result.best_epoch == 20 and result.dev_accuracy == 50.009
 
 
 def test_selection_and_patience_follow_each_recipe():
@@ -345,17 +372,37 @@ def test_full_fine_tuning_decays_all_but_biases_and_layer_norm_weights():
     assert [g["weight_decay"] for g in adamw(model, 1e-3).param_groups] == [0.01, 0.0]
 
 
+@pytest.mark.parametrize(
+    ("size", "world", "expected"),
+    [
+        (16, 2, [([0, 2, 4, 6, 8, 10, 12, 14], 1.0), ([1, 3, 5, 7, 9, 11, 13, 15], 1.0)]),
+        (3, 2, [([0, 2], 4 / 3), ([1], 2 / 3)]),  # uneven: weights keep the batch mean
+        (1, 2, [([0], 2.0), ([0], 0.0)]),  # rank 1 runs the first row, with weight 0
+    ],
+)
+def test_a_short_last_batch_is_sharded_so_the_ranks_add_up(size, world, expected):
+    batch = torch.arange(size)
+    shards = [recipe.shard(batch, rank, world) for rank in range(world)]
+    assert [(rows.tolist(), weight) for rows, weight in shards] == expected
+    # DDP averages the ranks' gradients: every row of the batch counts 1 / size, as in the
+    # mean loss of one process
+    for rows, weight in shards:
+        if weight:
+            assert weight / (world * len(rows)) == pytest.approx(1 / size)
+
+
 def test_a_run_never_resumes_a_checkpoint_of_another_recipe(tmp_path):
     run("pfeiffer", tmp_path, epochs=1, recipe=QUICK.name)
     with pytest.raises(ValueError, match="recipe='quick-v1', not recipe='paper-v1'"):
         run("pfeiffer", tmp_path, epochs=1, recipe=PAPER.name)
 
 
-def test_two_gloo_processes_match_a_single_process_with_the_same_global_batch(tmp_path):
-    from ddp_training_worker import DATA as WORKER_DATA
+@pytest.mark.parametrize("k", [32, 17])  # 17: the last batch has one row, rank 1 none
+def test_two_gloo_processes_match_a_single_process_with_the_same_global_batch(tmp_path, k):
+    from ddp_training_worker import worker_data
     from two_ranks import TESTS, torchrun_two_ranks
 
-    torchrun_two_ranks(str(TESTS / "ddp_training_worker.py"), str(tmp_path))
+    torchrun_two_ranks(str(TESTS / "ddp_training_worker.py"), str(tmp_path), str(k))
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
 
     captured = {}
@@ -365,9 +412,9 @@ def test_two_gloo_processes_match_a_single_process_with_the_same_global_batch(tm
         return captured["model"]
 
     train(
-        RunSpec("adamix", 32, 13, "tiny", max_epochs=2),
+        RunSpec("adamix", k, 13, "tiny", max_epochs=2),
         build,
-        WORKER_DATA,
+        worker_data(k),
         OBJECTIVE,
         tmp_path / "single",
     )
@@ -389,8 +436,8 @@ def tiny_state_before():
 
 
 def test_a_single_expert_variant_merges_to_that_expert():
+    from mixphm.experiments.experts import ExpertDiagnosis, format_diagnosis, single_expert
     from mixphm.inject import mixphm_adapters
-    from mixphm.training.experts import ExpertDiagnosis, format_diagnosis, single_expert
 
     model = apply_method(tiny_vlm(), "mixphm", seed=13)
     with torch.no_grad():

@@ -187,9 +187,16 @@ def test_a_checkpoint_that_does_not_fit_names_every_bad_key(tmp_path):
 def test_adapters_load_after_the_backbone_checkpoint(tmp_path):
     model = add_mixphm(tiny_vlt5(), MixPHMConfig(reduction_factor=4, phm_dim=2))
     assert len(list(mixphm_adapters(model))) == 4  # the FFN of 2 encoder + 2 decoder blocks
+    adapters = {n: t.clone() for n, t in model.state_dict().items() if ".mixphm." in n}
     path = tmp_path / "Epoch30.pth"
-    torch.save(released_state(tiny_vlt5(seed=3)), path)
+    released = tiny_vlt5(seed=3)
+    torch.save(released_state(released), path)
     load_vlt5_checkpoint(model, path)  # the adapters are new, not missing
+    loaded = model.state_dict()
+    for name, value in released.state_dict().items():
+        assert torch.equal(loaded[name], value), name
+    for name, value in adapters.items():  # and keep their weights
+        assert torch.equal(loaded[name], value), name
 
 
 def dataset(obj36, questions: int) -> VQADataset:

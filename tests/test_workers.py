@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import worker_tasks
 
-from mixphm.training.workers import map_in_workers
+from mixphm.experiments.workers import map_in_workers
 
 COMMAND = Path(worker_tasks.__file__)
 

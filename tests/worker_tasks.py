@@ -13,8 +13,8 @@ import torch
 from tqdm import tqdm
 
 from mixphm import cli
-from mixphm.training.cores import CoreShare
-from mixphm.training.workers import map_in_workers
+from mixphm.experiments.cores import CoreShare
+from mixphm.experiments.workers import map_in_workers
 
 _share: CoreShare | None = None
 

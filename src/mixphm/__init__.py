@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from mixphm.inject import (
         add_mixphm,
         compile_forward,
-        merge_experts,
+        deploy,
         mixphm_adapters,
         parameter_counts,
     )
@@ -23,8 +23,8 @@ _HOMES = {
     "MixPHMConfig": "mixphm.config",
     "add_mixphm": "mixphm.inject",
     "compile_forward": "mixphm.inject",
+    "deploy": "mixphm.inject",
     "load_adapter": "mixphm.serialization",
-    "merge_experts": "mixphm.inject",
     "mixphm_adapters": "mixphm.inject",
     "parameter_counts": "mixphm.inject",
     "save_adapter": "mixphm.serialization",
@@ -36,8 +36,8 @@ __all__ = [
     "MixPHMConfig",
     "add_mixphm",
     "compile_forward",
+    "deploy",
     "load_adapter",
-    "merge_experts",
     "mixphm_adapters",
     "parameter_counts",
     "save_adapter",

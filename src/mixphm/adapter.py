@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -13,27 +11,20 @@ from mixphm.phm import PHMProjection, PHMRule
 from mixphm.routing import ExpertRouter
 
 MergedWeights = tuple[Tensor, Tensor, Tensor, Tensor]
+"""(down Wᵀ (r, d), down b (r,), up Wᵀ (d, r), up b (d,)) of one adapter."""
 
 
 class MixPHMAdapter(nn.Module):
     """h (..., d) → h_a (..., d) = up_e(dropout(f(down(h)))), f = GELU (``config.activation``).
 
     Training: the up-projection expert e is the router's choice for this layer and step.
-    Evaluation: the experts merged by weight averaging. With gradients enabled the merged
-    weights are built differentiably on each call; without, the forward reads the merged
-    weights held in this module's buffers, which are rebuilt (``merge``) when the adapter
-    enters eval mode (``model.eval()``), when its weights are loaded (``load_state_dict``,
-    ``load_adapter``), when ``merge_mode`` changes, and by ``merge_experts(model)``. The
-    forward never decides whether to rebuild, so it is one static graph; a write to the
-    weights while the model stays in eval mode (an optimizer step, an EMA through
-    ``.data``) takes effect at the next of those events.
+    Evaluation: the experts merged by weight averaging, built from the current parameters
+    in every forward (differentiably when gradients are on), so an output never differs
+    from what the parameters define, whatever wrote them. For inference without that small
+    cost, ``mixphm.deploy`` replaces each adapter by a ``DeployedAdapter`` holding its merge.
     """
 
     router_slot: Tensor
-    merged_down_weight: Tensor
-    merged_down_bias: Tensor
-    merged_up_weight: Tensor
-    merged_up_bias: Tensor
 
     def __init__(
         self,
@@ -59,21 +50,13 @@ class MixPHMAdapter(nn.Module):
             bottleneck, d_model, experts, config.phm_dim, rank, rule, False, config.zero_init_up
         )
         self.dropout = nn.Dropout()
-        self._merge_mode: MergeMode = config.merge
+        self.merge_mode: MergeMode = config.merge
+        """How experts merge for inference: "factors" (reference) or "products"."""
         self.approximate = "none"
         self.router = router
         # this adapter's index into the router's choices, as a tensor: an int attribute would
         # make torch.compile specialise (and recompile) the forward for every adapter
         self.register_buffer("router_slot", torch.tensor(layer_index), persistent=False)
-        shapes = {
-            "merged_down_weight": (bottleneck, d_model),
-            "merged_down_bias": (bottleneck,),
-            "merged_up_weight": (d_model, bottleneck),
-            "merged_up_bias": (d_model,),
-        }
-        for name, shape in shapes.items():
-            self.register_buffer(name, torch.zeros(shape), persistent=False)
-        self.register_load_state_dict_post_hook(lambda module, _: module.merge())
         self.configure(config)
 
     def configure(self, config: MixPHMConfig) -> None:
@@ -83,62 +66,63 @@ class MixPHMAdapter(nn.Module):
         self.approximate = "tanh" if config.activation == "gelu_new" else "none"
         self.merge_mode = config.merge
 
-    @property
-    def merge_mode(self) -> MergeMode:
-        """How experts merge for inference ("factors" or "products"); setting it re-merges."""
-        return self._merge_mode
-
-    @merge_mode.setter
-    def merge_mode(self, mode: MergeMode) -> None:
-        self._merge_mode = mode
-        self.merge()
-
     def forward(self, h: Tensor) -> Tensor:
         if self.training:
             down_w, down_b = self.down.expert(0)
             choice = self.router.choices.index_select(0, self.router_slot.view(1))
             up_w, up_b = self.up.expert(choice)
-        elif torch.is_grad_enabled():
-            down_w, down_b, up_w, up_b = self._build_merged()
         else:
             down_w, down_b, up_w, up_b = self.merged_weights()
-        dtype = h.dtype
-        hidden = F.linear(h, down_w.to(dtype), down_b.to(dtype))
-        hidden = F.gelu(hidden, approximate=self.approximate)
-        return F.linear(self.dropout(hidden), up_w.to(dtype), up_b.to(dtype))
+        return bottleneck_forward(h, (down_w, down_b, up_w, up_b), self.approximate, self.dropout)
 
     def merged_weights(self) -> MergedWeights:
-        """(down Wᵀ, down b, merged up Wᵀ, merged up b) of the last ``merge``."""
-        return (
-            self.merged_down_weight,
-            self.merged_down_bias,
-            self.merged_up_weight,
-            self.merged_up_bias,
-        )
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Rebuild the merged weights from the current parameters (nothing to build while
-        any of them is on the meta device, without data)."""
-        merged = self._build_merged()
-        if any(tensor.is_meta for tensor in merged):
-            return
-        for buffer, built in zip(self.merged_weights(), merged, strict=True):
-            buffer.copy_(built)
-
-    def train(self, mode: bool = True) -> MixPHMAdapter:
-        super().train(mode)
-        if not mode:
-            self.merge()
-        return self
-
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> MixPHMAdapter:
-        """After a move or cast (``.to``, ``.double``), merge in the new device and dtype."""
-        super()._apply(fn, recurse)
-        self.merge()
-        return self
-
-    def _build_merged(self) -> MergedWeights:
-        down_w, down_b = self.down.merged(self._merge_mode)
-        up_w, up_b = self.up.merged(self._merge_mode)
+        """(down Wᵀ, down b, merged up Wᵀ, merged up b) of the current parameters."""
+        down_w, down_b = self.down.merged(self.merge_mode)
+        up_w, up_b = self.up.merged(self.merge_mode)
         return down_w, down_b, up_w, up_b
+
+
+def bottleneck_forward(
+    h: Tensor, weights: MergedWeights, approximate: str, dropout: nn.Module | None = None
+) -> Tensor:
+    """up(dropout(GELU(down(h)))) in the dtype of ``h`` (..., d)."""
+    down_w, down_b, up_w, up_b = (w.to(h.dtype) for w in weights)
+    hidden = F.gelu(F.linear(h, down_w, down_b), approximate=approximate)
+    if dropout is not None:
+        hidden = dropout(hidden)
+    return F.linear(hidden, up_w, up_b)
+
+
+class DeployedAdapter(nn.Module):
+    """An adapter's merged weights as fixed buffers, for inference only: what
+    ``mixphm.deploy`` puts in place of a ``MixPHMAdapter``. It has no parameters, so
+    nothing can leave its weights stale; it refuses to enter training mode."""
+
+    down_weight: Tensor
+    down_bias: Tensor
+    up_weight: Tensor
+    up_bias: Tensor
+
+    def __init__(self, adapter: MixPHMAdapter) -> None:
+        super().__init__()
+        with torch.no_grad():
+            merged = adapter.merged_weights()
+        for name, tensor in zip(
+            ("down_weight", "down_bias", "up_weight", "up_bias"), merged, strict=True
+        ):
+            self.register_buffer(name, tensor.detach().clone())
+        self.approximate = adapter.approximate
+        self.training = False
+
+    def forward(self, h: Tensor) -> Tensor:
+        weights = (self.down_weight, self.down_bias, self.up_weight, self.up_bias)
+        return bottleneck_forward(h, weights, self.approximate)
+
+    def train(self, mode: bool = True) -> DeployedAdapter:
+        if mode:
+            raise RuntimeError(
+                "this model's MixPHM adapters were deployed (mixphm.deploy): their experts are "
+                "merged into fixed weights and their parameters are gone, so training cannot "
+                "resume; load the adapter (mixphm.load_adapter) into a fresh model to train"
+            )
+        return super().train(False)

@@ -340,7 +340,7 @@ def run(args: argparse.Namespace, command: str) -> None:
         for text, probability in answer(args.run, args.image, args.question):
             print(f"{probability:6.1%}  {text}")
     elif args.command == "experts":
-        from mixphm.training.experts import diagnose, format_diagnosis
+        from mixphm.experiments.experts import diagnose, format_diagnosis
 
         table = format_diagnosis(diagnose(args.run))
         args.output.mkdir(parents=True, exist_ok=True)
@@ -350,7 +350,7 @@ def run(args: argparse.Namespace, command: str) -> None:
         )
         print(table)
     elif args.command == "breakdown":
-        from mixphm.training.breakdown import breakdown, format_breakdown
+        from mixphm.experiments.breakdown import breakdown, format_breakdown
 
         runs = breakdown(args.run, ks=args.ks, seeds=args.seeds)
         table = format_breakdown(runs)
@@ -377,7 +377,7 @@ def run(args: argparse.Namespace, command: str) -> None:
 
 
 def select_lr(args: argparse.Namespace, command: str) -> None:
-    from mixphm.training import benchmark, lr_selection
+    from mixphm.experiments import benchmark, lr_selection
 
     specs = lr_selection.selection_specs(args.methods, args.k, args.seeds, args.recipe)
     if args.estimate_only:
@@ -396,7 +396,7 @@ def select_lr(args: argparse.Namespace, command: str) -> None:
 
 
 def write_curves(args: argparse.Namespace, command: str) -> None:
-    from mixphm.training.curves import curves, format_curves, plot_curves
+    from mixphm.experiments.curves import curves, format_curves, plot_curves
 
     runs, without_history = curves(args.run, ks=args.ks, seeds=args.seeds)
     if not runs:
@@ -421,7 +421,7 @@ def write_curves(args: argparse.Namespace, command: str) -> None:
 
 
 def write_comparison(args: argparse.Namespace, command: str) -> None:
-    from mixphm.training.paired import format_comparison, load_scores, plot_mean_loss
+    from mixphm.experiments.paired import format_comparison, load_scores, plot_mean_loss
 
     runs = load_scores(args.run, ks=args.ks, seeds=args.seeds)
     if args.reference not in {r.variant for r in runs}:
@@ -445,7 +445,7 @@ def write_comparison(args: argparse.Namespace, command: str) -> None:
 
 
 def train_or_benchmark(args: argparse.Namespace, command: str) -> None:
-    from mixphm.training import benchmark
+    from mixphm.experiments import benchmark
     from mixphm.training.methods import adapter_config
     from mixphm.training.recipe import RunSpec
 
@@ -518,7 +518,7 @@ def train_or_benchmark(args: argparse.Namespace, command: str) -> None:
 
 
 def run_offline(args: argparse.Namespace, specs: list[Any]) -> list[Any]:
-    from mixphm.training import benchmark
+    from mixphm.experiments import benchmark
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError(
@@ -553,7 +553,7 @@ def test_questions(args: argparse.Namespace) -> int | None:
 
 def run_files(args: argparse.Namespace, specs: list[Any]) -> list[Any] | None:
     from mixphm.backbones.generation import Decoding
-    from mixphm.training.external import ExternalData, run_external_grid
+    from mixphm.experiments.external import ExternalData, run_external_grid
 
     data = ExternalData(
         args.dataset,

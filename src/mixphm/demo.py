@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from mixphm.assets import load_minilm
 from mixphm.config import PRESETS, MixPHMConfig
-from mixphm.inject import add_mixphm, merge_experts, mixphm_adapters, parameter_counts
+from mixphm.inject import add_mixphm, mixphm_adapters, parameter_counts
 from mixphm.optim import adamw
 from mixphm.serialization import load_adapter, save_adapter
 
@@ -58,7 +58,6 @@ def run_preset(preset: str, output_dir: Path, seed: int = 0) -> DemoRow:
 
     def merged_loss() -> tuple[float, torch.Tensor]:
         model.eval()
-        merge_experts(model)
         with torch.no_grad():
             hidden = model(**batch).last_hidden_state
         return torch.nn.functional.mse_loss(hidden, target).item(), hidden

@@ -1,83 +1,54 @@
 """VQA metrics: the official VQA accuracy, GQA exact match, and per-type breakdowns.
 
-Answer normalisation follows the official VQA evaluation script (Antol et al. 2015;
-github.com/GT-Vision-Lab/VQA): newlines and tabs become spaces; punctuation is removed
-(or turned into a space when it joins two words); a period is dropped unless a digit
-follows it; commas between digits go; text is lower-cased; number words zero to ten
-become digits; the articles a, an, the are dropped; apostrophe-less contractions get their
-apostrophes back ("dont" → "don't"). One deliberate difference: the official script
-normalises only when the ten human answers disagree; here both sides are always
-normalised, so "Two" and "2" agree even when all annotators wrote "two".
+Answer normalisation is the official VQA evaluation script's (Antol et al. 2015;
+github.com/GT-Vision-Lab/VQA, ``vqaEval.py``), step by step, with its tables as data
+(``configs/vqa_normalization.json``, verbatim): newlines and tabs become spaces and the ends
+are stripped; then each punctuation mark in the table's order is deleted where it stands
+beside a space anywhere in the answer, or anywhere when a comma sits between two digits,
+and is otherwise turned into a space; a period not followed by a digit is deleted; then the
+text is lower-cased and split into words, number words become digits, the articles are
+dropped, and each word found in the contraction table is replaced by its entry. The table
+is taken as it is, quirks included: it has "couldnt've" and "couldn'tve" but no
+"couldntve", maps "twas" to "'twas", and its capitalised keys ("Im", "Ive", "Id've") never
+match the lower-cased words.
+
+One deliberate difference: the official script gives the human answers only the
+punctuation step, and only when they are not all the same; here the human answers get the
+whole normalisation, as the prediction does, so "2" matches a unanimous "Two" (official
+VQA v2 annotations are already normalised, so their scores are the same either way).
 """
 
 from __future__ import annotations
 
-import itertools
+import json
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from importlib import resources
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mixphm.data.examples import VQADataset, VQAExample
 
-PUNCTUATION = ';/[]"{}()=+\\_-><@`,?!'
-NUMBER_WORDS = {
-    "none": "0",
-    "zero": "0",
-    "one": "1",
-    "two": "2",
-    "three": "3",
-    "four": "4",
-    "five": "5",
-    "six": "6",
-    "seven": "7",
-    "eight": "8",
-    "nine": "9",
-    "ten": "10",
-}
-ARTICLES = frozenset({"a", "an", "the"})
-_CONTRACTIONS = """
-ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't hadn't've
-hasn't haven't he'd he'd've he'll he's how'd how'll how's i'd've i'm i've isn't it'd
-it'd've it'll ma'am mightn't mightn't've might've mustn't must've needn't not've o'clock
-oughtn't shan't she'd've should've shouldn't shouldn't've somebody'd somebody'd've
-somebody'll somebody's someone'd someone'd've someone'll someone's something'd
-something'd've something'll that's there'd there'd've there're there's they'd they'd've
-they'll they're they've twas wasn't we'd've we're we've weren't what'll what're what's
-what've when's where'd where's where've who'd who'd've who'll who're who's who've why'll
-why're why's won't would've wouldn't wouldn't've y'all y'all'll y'all'd've you'd
-you'd've you'll you're you've
-""".split()  # noqa: SIM905
-# Dropping apostrophes from these would give ordinary words; they are left alone.
-_REAL_WORDS = frozenset(
-    {"its", "lets", "wed", "well", "were", "ill", "id", "shed", "hell", "shell"}
-)
+
+def _official_tables() -> dict[str, Any]:
+    text = resources.files("mixphm.configs").joinpath("vqa_normalization.json").read_text()
+    tables: dict[str, Any] = json.loads(text)
+    return tables
 
 
-def _apostrophe_variants(word: str) -> Iterable[str]:
-    """Every spelling of ``word`` with some (not none) of its apostrophes removed."""
-    pieces = word.split("'")
-    for keep in itertools.product((True, False), repeat=len(pieces) - 1):
-        if all(keep):
-            continue
-        yield pieces[0] + "".join(
-            ("'" if k else "") + p for k, p in zip(keep, pieces[1:], strict=True)
-        )
-
-
-CONTRACTIONS = {
-    variant: word
-    for word in _CONTRACTIONS
-    for variant in _apostrophe_variants(word)
-    if variant not in _REAL_WORDS
-}
+_TABLES = _official_tables()
+PUNCTUATION: tuple[str, ...] = tuple(_TABLES["punctuation"])
+NUMBER_WORDS: dict[str, str] = _TABLES["number_words"]
+ARTICLES = frozenset(_TABLES["articles"])
+CONTRACTIONS: dict[str, str] = _TABLES["contractions"]
 _COMMA_BETWEEN_DIGITS = re.compile(r"(\d)(,)(\d)")
 _PERIOD_NOT_DECIMAL = re.compile(r"\.(?!\d)")
 
 
-def _strip_punctuation(original: str) -> str:
+def strip_punctuation(original: str) -> str:
+    """The official punctuation step (see the module docstring)."""
     text = original
     digits_with_comma = _COMMA_BETWEEN_DIGITS.search(original) is not None
     for mark in PUNCTUATION:
@@ -86,11 +57,17 @@ def _strip_punctuation(original: str) -> str:
     return _PERIOD_NOT_DECIMAL.sub("", text)
 
 
-def normalize_answer(answer: str) -> str:
-    """The official VQA answer normalisation (see the module docstring)."""
-    text = _strip_punctuation(answer.replace("\n", " ").replace("\t", " ").strip())
+def digits_articles_contractions(text: str) -> str:
+    """The official word step: lower case, number words to digits, articles dropped, then
+    the contraction table."""
     words = [NUMBER_WORDS.get(w, w) for w in text.lower().split()]
     return " ".join(CONTRACTIONS.get(w, w) for w in words if w not in ARTICLES)
+
+
+def normalize_answer(answer: str) -> str:
+    """The official VQA answer normalisation (see the module docstring)."""
+    text = answer.replace("\n", " ").replace("\t", " ").strip()
+    return digits_articles_contractions(strip_punctuation(text))
 
 
 def vqa_accuracy(prediction: str, answers: list[str]) -> float:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mixphm.adapter import MixPHMAdapter
+from mixphm.adapter import DeployedAdapter, MixPHMAdapter
 from mixphm.config import MixPHMConfig
 from mixphm.phm import PHMRule
 from mixphm.placement import (
@@ -166,14 +166,27 @@ def mixphm_adapters(model: nn.Module) -> Iterator[tuple[str, MixPHMAdapter]]:
             yield path, module
 
 
-def merge_experts(model: nn.Module) -> nn.Module:
-    """Rebuild every adapter's merged expert from its current weights (entering eval mode
-    and loading do it too); call it after writing to the weights while in eval mode."""
-    adapters = [adapter for _, adapter in mixphm_adapters(model)]
+def deployed_adapters(model: nn.Module) -> Iterator[tuple[str, DeployedAdapter]]:
+    """(path, adapter) for every adapter of ``model`` that ``deploy`` merged."""
+    for path, module in model.named_modules():
+        if isinstance(module, DeployedAdapter):
+            yield path, module
+
+
+def deploy(model: nn.Module) -> nn.Module:
+    """Merge every adapter's experts into fixed weights for inference, as peft's
+    ``merge_and_unload`` does for LoRA: each ``MixPHMAdapter`` is replaced by a
+    ``DeployedAdapter`` holding its merged weights (built once, here) and no parameters.
+    The model is put in eval mode and refuses training mode from then on; save the adapter
+    (``save_adapter``) before deploying if you will need it again. Returns the model."""
+    adapters = list(mixphm_adapters(model))
     if not adapters:
         raise ValueError(f"{type(model).__name__} has no MixPHM adapters; call add_mixphm first")
-    for adapter in adapters:
-        adapter.merge()
+    model.eval()
+    modules = dict(model.named_modules())
+    for path, adapter in adapters:
+        parent, _, name = path.rpartition(".")
+        setattr(modules[parent], name, DeployedAdapter(adapter))
     return model
 
 

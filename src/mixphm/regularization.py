@@ -12,7 +12,7 @@ Every term uses only valid tokens: the caller passes one boolean mask (B, L) per
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -201,7 +201,8 @@ StackMasks = Mapping[str, Tensor | None]
 
 
 class RedundancyRegularizer:
-    """L_Ra = α · mean_layers(L_red) + β · mean_layers(L_mi), from one captured forward.
+    """L_Ra = α · mean(L_red) + β · mean(L_mi), from one captured forward, each mean taken
+    over the layers of a stack and then over the stacks (``stack_mean``).
 
     Use: ``with reg.recording(): out = model(...)`` then ``reg.loss(masks)`` with one mask
     per stack (``reg.stacks`` lists their paths). When both weights are 0 it records nothing.
@@ -241,19 +242,35 @@ class RedundancyRegularizer:
                 return torch.ones(layer.h.shape[:2], dtype=torch.bool, device=layer.h.device)
             return mask.bool()
 
+        finals = self.capture.finals
+        terms: dict[str, tuple[float, Callable[[LayerActivations], Tensor]]] = {
+            "redundancy": (
+                self.config.alpha,
+                lambda a: decorrelation_penalty(a.h_a, a.h, valid(a), self.config.lam),
+            ),
+            "mutual_information": (
+                self.config.beta,
+                lambda a: jsd_mutual_information_loss(a.h_a, finals[a.stack], valid(a)),
+            ),
+        }
         total: Tensor | float = 0.0
         parts = {}
-        if self.config.alpha > 0:
-            red = torch.stack(
-                [decorrelation_penalty(a.h_a, a.h, valid(a), self.config.lam) for a in layers]
-            ).mean()
-            total = total + self.config.alpha * red
-            parts["redundancy"] = red.detach()
-        if self.config.beta > 0:
-            finals = self.capture.finals
-            mi = torch.stack(
-                [jsd_mutual_information_loss(a.h_a, finals[a.stack], valid(a)) for a in layers]
-            ).mean()
-            total = total + self.config.beta * mi
-            parts["mutual_information"] = mi.detach()
+        for name, (weight, term) in terms.items():
+            if weight > 0:
+                value = stack_mean(layers, term)
+                total = total + weight * value
+                parts[name] = value.detach()
         return total, parts
+
+
+def stack_mean(
+    layers: list[LayerActivations], term: Callable[[LayerActivations], Tensor]
+) -> Tensor:
+    """The mean over stacks of each stack's mean of ``term`` over its layers, as the reference
+    averages L_Ra: 0.5 · (encoder mean + decoder mean) for an encoder-decoder, whatever the
+    number of adapters in each (a pooled mean over all layers would weight the stack with
+    more adapters, a vision tower say, more)."""
+    by_stack: dict[str, list[Tensor]] = {}
+    for layer in layers:
+        by_stack.setdefault(layer.stack, []).append(term(layer))
+    return torch.stack([torch.stack(values).mean() for values in by_stack.values()]).mean()

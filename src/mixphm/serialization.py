@@ -19,7 +19,7 @@ from mixphm.inject import (
     adapter_config,
     adapter_router,
     attach,
-    merge_experts,
+    deployed_adapters,
     mixphm_adapters,
     plan_adapters,
 )
@@ -51,7 +51,13 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
     """Write ``adapter_config.json`` and ``adapter_model.safetensors`` into ``directory``."""
     state = adapter_state(model)
     if not state:
-        raise ValueError(f"{type(model).__name__} has no MixPHM adapters to save")
+        deployed = any(True for _ in deployed_adapters(model))
+        raise ValueError(
+            f"{type(model).__name__}'s MixPHM adapters were deployed (mixphm.deploy): only their "
+            "merged weights are left, so save the adapter before deploying"
+            if deployed
+            else f"{type(model).__name__} has no MixPHM adapters to save"
+        )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -156,7 +162,7 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
         for key, param in state.items():
             param.copy_(saved[key])
     adapter_router(model).load_state_dict(meta["routing"])
-    return merge_experts(model)
+    return model
 
 
 def check_fits(saved: dict[str, Tensor], state: dict[str, Tensor], context: str) -> None:

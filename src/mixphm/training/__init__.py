@@ -1,1 +1,2 @@
-"""The training recipe, the methods it trains, and the low-resource benchmark."""
+"""The training of one run: its recipe, the methods it trains, their objectives, data
+and checkpoints."""

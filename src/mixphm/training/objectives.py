@@ -23,7 +23,6 @@ from torch import Tensor
 
 from mixphm.backbones.generation import Decoding
 from mixphm.data.examples import VQADataset, VQAExample
-from mixphm.inject import merge_experts, mixphm_adapters
 from mixphm.regularization import StackMasks
 from mixphm.training.data import Candidates, EncodedSplit
 
@@ -65,12 +64,6 @@ def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
 
 
-def prepare_inference(model: Any) -> None:
-    model.eval()
-    if any(True for _ in mixphm_adapters(model)):
-        merge_experts(model)
-
-
 class CandidateScoring:
     def __init__(self, candidates: Candidates) -> None:
         self.candidates = candidates
@@ -92,7 +85,7 @@ class CandidateScoring:
     ) -> list[str]:
         """Argmax candidate per question, the candidates encoded once. An encoded split
         already holds its inputs, so ``keep_inputs`` changes nothing."""
-        prepare_inference(model)
+        model.eval()
         device = next(model.parameters()).device
         answers = model.encode_answers(
             self.candidates.ids.to(device), self.candidates.mask.to(device)
@@ -173,7 +166,7 @@ class AnswerGeneration:
 
     @torch.no_grad()
     def predict(self, model: Any, split: VQADataset, keep_inputs: bool = False) -> list[str]:
-        prepare_inference(model)
+        model.eval()
         predictions: list[str] = []
         for start in range(0, len(split), self.batch):
             examples = split.examples[start : start + self.batch]

@@ -338,9 +338,8 @@ def train(
         wrapped.train()
         epoch_loss = torch.zeros((), device=device)
         for start in range(0, len(order), recipe.batch_size):
-            rows = order[start : start + recipe.batch_size][
-                accelerator.process_index :: accelerator.num_processes
-            ]
+            batch = order[start : start + recipe.batch_size]
+            rows, weight = shard(batch, accelerator.process_index, accelerator.num_processes)
             with regularizer.recording():
                 answer_loss, masks = objective.loss(wrapped, train_split, rows, epoch)
             extra, _ = regularizer.loss(masks)
@@ -355,7 +354,7 @@ def train(
                     f"{spec.method} k={spec.k} seed={spec.seed}: loss is {loss.item()} in epoch "
                     f"{epoch}; stopped. {kept}"
                 )
-            accelerator.backward(loss)
+            accelerator.backward(loss * weight)
             accelerator.clip_grad_norm_(params, recipe.grad_clip)
             optimizer.step()
             schedule.step()
@@ -425,6 +424,20 @@ def train(
         write_json_atomic(training_history(state, recipe, max_epochs), run_dir / HISTORY_FILE)
         write_json_atomic(asdict(result), run_dir / "result.json")
     return result
+
+
+def shard(batch: Tensor, rank: int, world: int) -> tuple[Tensor, float]:
+    """This rank's rows of a batch (every ``world``-th, from ``rank``) and the weight of its
+    mean loss, ``world`` × rows / batch, under which DDP's mean of the ranks' gradients is
+    the gradient of the whole batch's mean loss, as in one process, also when a short last
+    batch splits unevenly. A rank left without rows computes its loss on the batch's first
+    row with weight 0, so it still joins the gradient all-reduce. (The redundancy
+    regularizer, whose mutual-information term contrasts the samples of a batch, sees only
+    the rank's own rows.)"""
+    rows = batch[rank::world]
+    if len(rows) == 0:
+        return batch[:1], 0.0
+    return rows, world * len(rows) / len(batch)
 
 
 def training_history(state: TrainState, recipe: Recipe, max_epochs: int) -> dict[str, Any]:

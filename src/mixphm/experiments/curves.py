@@ -18,10 +18,10 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from mixphm.experiments.records import finished_runs
+from mixphm.experiments.tables import markdown_table
 from mixphm.training.recipe import HISTORY_FILE, TrainState, record_variant, update_selection
 from mixphm.training.recipes import LEGACY_RECIPE, get_recipe
-from mixphm.training.records import finished_runs
-from mixphm.training.tables import markdown_table
 
 FIT_LOSS = 0.1
 """Default training loss below which a run counts as having fitted its training set."""
@@ -230,7 +230,7 @@ def plot_curves(runs: Sequence[RunCurve], out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mixphm.training.benchmark import folder_name, line_style
+    from mixphm.experiments.benchmark import folder_name, line_style
 
     cells: defaultdict[tuple[str, int], list[RunCurve]] = defaultdict(list)
     for run in runs:

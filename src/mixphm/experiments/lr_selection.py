@@ -18,9 +18,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mixphm.experiments.tables import markdown_table
 from mixphm.training.methods import method_settings
 from mixphm.training.recipe import RunResult, RunSpec
-from mixphm.training.tables import markdown_table
 
 TIE = 1e-9
 """Mean dev scores closer than this (percentage points) are equal."""

@@ -13,10 +13,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mixphm.training.curves import FIT_LOSS
+from mixphm.experiments.curves import FIT_LOSS
+from mixphm.experiments.records import finished_runs
+from mixphm.experiments.tables import markdown_table
 from mixphm.training.recipe import HISTORY_FILE, record_variant
-from mixphm.training.records import finished_runs
-from mixphm.training.tables import markdown_table
 
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 """The 97.5% quantile of Student's t with 1-10 degrees of freedom."""

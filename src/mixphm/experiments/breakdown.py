@@ -21,12 +21,12 @@ from tqdm import tqdm
 from mixphm.data import load_easy_vqa
 from mixphm.data.examples import VQAExample
 from mixphm.evaluation import Scored, score, summarize
+from mixphm.experiments.records import Run, finished_runs
+from mixphm.experiments.tables import markdown_table
 from mixphm.training.objectives import CandidateScoring
 from mixphm.training.predict import check_finished, load_run
 from mixphm.training.recipe import PREDICTIONS_FILE, record_variant, write_predictions
-from mixphm.training.records import Run, finished_runs
 from mixphm.training.setup import OfflineSetup, backbone_factory
-from mixphm.training.tables import markdown_table
 
 UNTYPED = "all"
 

@@ -100,7 +100,7 @@ def group_training_lock(out: Path, accelerator: Accelerator) -> Iterator[None]:
     """``out``'s training lock (``benchmark.training_lock``) for a whole DDP group: the main
     process holds it, and if another process holds it every rank is refused together (a
     rank left to go on alone would wait forever for the others)."""
-    from mixphm.training.benchmark import training_lock
+    from mixphm.experiments.benchmark import training_lock
 
     with ExitStack() as held:
         refusal: list[str | None] = [None]
@@ -130,7 +130,7 @@ def run_external_grid(
     alone reports and writes ``runs.csv``), None in the others. The process group is torn
     down on the way out, finished or refused: a gloo rank that exits with its group alive
     can abort ("terminate called without an active exception") after its work is done."""
-    from mixphm.training.benchmark import collect, pending, report, run_dir
+    from mixphm.experiments.benchmark import collect, pending, report, run_dir
 
     accelerator = make_accelerator(specs[0].mixed_precision)
     main = accelerator.is_main_process

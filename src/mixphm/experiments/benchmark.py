@@ -26,8 +26,10 @@ from typing import Any
 
 import torch
 
+from mixphm.experiments.cores import CoreShare
+from mixphm.experiments.tables import markdown_table
+from mixphm.experiments.workers import map_in_workers
 from mixphm.training import checkpoint
-from mixphm.training.cores import CoreShare
 from mixphm.training.objectives import CandidateScoring
 from mixphm.training.recipe import (
     CHECKPOINT_FILE,
@@ -41,8 +43,6 @@ from mixphm.training.recipe import (
 )
 from mixphm.training.recipes import LEGACY_RECIPE
 from mixphm.training.setup import OfflineSetup, backbone_factory
-from mixphm.training.tables import markdown_table
-from mixphm.training.workers import map_in_workers
 
 _setup: OfflineSetup | None = None
 _share: CoreShare | None = None
@@ -228,7 +228,7 @@ def train_pending(
             finished = len(todo) - len(left)
             trained = trained_so_far(out, left)
             print(remaining_estimate(collect(out, recipe), left, processes, trained))
-            print(f"  ({finished} finished in {(time.monotonic() - started) / 3600:.1f} h)")
+            print(f"  ({finished} finished in {duration(time.monotonic() - started)})")
 
 
 def one_recipe(specs: Sequence[RunSpec]) -> str:
@@ -240,6 +240,13 @@ def one_recipe(specs: Sequence[RunSpec]) -> str:
 
 def result_key(result: RunResult) -> tuple[str, int, int, str]:
     return result.variant, result.k, result.seed, result.backbone
+
+
+def duration(seconds: float) -> str:
+    """Minutes under an hour ("40 min"), hours from one hour on ("2.5 h")."""
+    if seconds < 3600:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def plural(count: int, noun: str) -> str:
@@ -296,14 +303,14 @@ def remaining_estimate(
         return statistics.fmean(seconds[(variant, k)]) * spec.k / k
 
     estimates = [(max(0.0, estimate(spec) - trained.get(spec, 0.0)), spec) for spec in left]
-    hours = sum(seconds for seconds, _ in estimates) / workers / 3600
+    total = sum(seconds for seconds, _ in estimates) / workers
     longest_seconds, longest = max(estimates, key=lambda pair: pair[0])
     resuming = sum(spec in trained for spec in left)
     in_flight = f" ({resuming} already under way)" if resuming else ""
     return (
-        f"{plural(len(left), 'run')} to go{in_flight}: about {hours:.1f} h of training with "
+        f"{plural(len(left), 'run')} to go{in_flight}: about {duration(total)} of training with "
         f"{plural(workers, 'worker')}; the longest, {longest.variant} k = {longest.k} seed "
-        f"{longest.seed}, about {longest_seconds / 3600:.1f} h alone"
+        f"{longest.seed}, about {duration(longest_seconds)} alone"
     )
 
 
@@ -423,8 +430,9 @@ def write_summary(
     return path
 
 
-HIGHLIGHTED = {"mixphm": "tab:red", "full": "tab:blue"}
-"""The two methods the paper's claim compares, drawn bold among the baselines."""
+HIGHLIGHTED = {"mixphm-ra": "tab:red", "full": "tab:blue"}
+"""The two methods the paper's claim compares, the paper's MixPHM (with its regularizer) and
+full fine-tuning, drawn bold among the baselines."""
 MUTED = {
     "adamix": "#aed581",
     "bitfit": "#a1887f",
@@ -432,14 +440,19 @@ MUTED = {
     "houlsby": "#80cbc4",
     "ia3": "#bdbdbd",
     "lora": "#ffcc80",
-    "mixphm-ra": "#ef9a9a",
+    "mixphm": "#ef9a9a",
     "pfeiffer": "#9fa8da",
 }
 """Pale colours for the baselines (variants and unknown names: grey)."""
 
 
+LABELS = {"mixphm-ra": "mixphm-ra (the paper's MixPHM)", "mixphm": "mixphm (no L_Ra)"}
+"""Legend labels that say which MixPHM preset is the paper's."""
+
+
 def line_style(method: str) -> dict[str, Any]:
-    """Bold and coloured for MixPHM and full fine-tuning, thin and pale for the others."""
+    """Bold and coloured for the paper's MixPHM and full fine-tuning, thin and pale for the
+    others."""
     if method in HIGHLIGHTED:
         return {"color": HIGHLIGHTED[method], "linewidth": 2.5, "zorder": 3}
     return {"color": MUTED.get(method, "0.6"), "linewidth": 1.0, "zorder": 2}
@@ -475,7 +488,7 @@ def plot(
             yerr=[s for _, s in stats],
             marker="o",
             capsize=3,
-            label=method,
+            label=LABELS.get(method, method),
             **line_style(method),
         )
     axes.set_xscale("log")
@@ -499,7 +512,13 @@ def plot(
             mean, std = mean_std(per_k[k_for_params])
             style = line_style(method)
             axes.errorbar(
-                [share[method]], [mean], yerr=[std], marker="o", capsize=3, label=method, **style
+                [share[method]],
+                [mean],
+                yerr=[std],
+                marker="o",
+                capsize=3,
+                label=LABELS.get(method, method),
+                **style,
             )
             if method in HIGHLIGHTED:
                 axes.annotate(
