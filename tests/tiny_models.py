@@ -35,6 +35,7 @@ LAYER_FIELDS = {
     "t5": ("num_layers", "num_decoder_layers"),
     "bart": ("encoder_layers", "decoder_layers"),
     "vit": ("num_hidden_layers",),
+    "kosmos2": ("layers",),
     "mllama": ("num_hidden_layers", "num_global_layers"),
     "qwen2-vl": ("depth",),
     "qwen2.5-vl": ("depth",),
@@ -46,9 +47,10 @@ LAYER_FIELDS = {
 class Tiny:
     """A tiny model, a batch that gives it a loss and, if it generates, generate's kwargs.
 
-    ``text_blocks`` counts the transformer blocks of the language model (encoder + decoder of
-    an encoder-decoder, the text tower of a dual encoder), ``vision_blocks`` those of the
-    vision tower (0 without one).
+    ``text_blocks`` counts the blocks of the language model (encoder + decoder of an
+    encoder-decoder, the text tower of a dual encoder), ``skipped_blocks`` those of them
+    without a feed-forward (a hybrid's Mamba-only or attention-only layers, which placement
+    skips), ``vision_blocks`` those of the vision tower (0 without one).
     """
 
     model: nn.Module
@@ -56,14 +58,15 @@ class Tiny:
     generate_kwargs: dict[str, Any] | None
     text_blocks: int = 0
     vision_blocks: int = 0
+    skipped_blocks: int = 0
 
 
 def text_config(style: str, width: int = 16, layers: int = 2, **fields: Any) -> dict[str, Any]:
     """Fields of a tiny language model ``width`` wide with ``layers`` blocks (per stack of an
     encoder-decoder), 2 attention heads, an FFN twice as wide and the tiny vocabulary, named
-    as the config class of ``style`` names them: "decoder" (LLaMA and its kin), "encoder"
-    (BERT, CLIP, SigLIP, BLIP), "opt", "gpt2", "t5" or "bart". ``fields`` add or override
-    fields."""
+    as the config class of ``style`` names them: "decoder" (LLaMA and its kin, the hybrids),
+    "encoder" (BERT, CLIP, SigLIP, BLIP), "opt", "gpt2", "t5", "bart" or "kosmos2".
+    ``fields`` add or override fields."""
     heads, ffn = 2, 2 * width
     match style:
         case "decoder":
@@ -113,6 +116,8 @@ def text_config(style: str, width: int = 16, layers: int = 2, **fields: Any) -> 
                 decoder_ffn_dim=ffn,
                 decoder_start_token_id=2,
             )
+        case "kosmos2":
+            names = dict(embed_dim=width, layers=layers, ffn_dim=ffn, attention_heads=heads)
         case _:
             raise ValueError(f"unknown text config style {style!r}")
     return {**names, "vocab_size": VOCAB, **SPECIAL_TOKENS, **fields}
@@ -245,7 +250,8 @@ class Family:
     prompt), "seq2seq" (labels = a separate answer), "masked" (a masked-LM label per token),
     "soft" (soft scores over ``num_labels`` answers) or "contrastive" (``return_loss``);
     causal and seq2seq models also generate. ``text_towers`` counts the language models that
-    share ``text_config`` (BLIP's question encoder and answer decoder).
+    share ``text_config`` (BLIP's question encoder and answer decoder). ``skipped_layers`` are
+    the values of a hybrid's ``layer_types`` whose layers hold no feed-forward.
     """
 
     model: type[tf.PreTrainedModel]
@@ -257,6 +263,7 @@ class Family:
     extra: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None
     flat: bool = False
     text_towers: int = 1
+    skipped_layers: tuple[str, ...] = ()
     text_fields: dict[str, Any] = field(default_factory=dict)
     vision_fields: dict[str, Any] = field(default_factory=dict)
     fields: dict[str, Any] = field(default_factory=dict)
@@ -268,6 +275,16 @@ IMAGE_LISTS = (2, 1, 3, IMAGE, IMAGE)  # Idefics: a list of one image per row
 ANYRES = dict(pixels=(2, 2, 3, IMAGE, IMAGE), extra=_image_sizes)
 PINPOINTS = [[IMAGE, IMAGE]]
 MROPE = {"type": "mrope", "mrope_section": [1, 1, 2]}
+# A Mamba-2 mixer of 4 heads of 8 over 2 × 16 channels with an 8-state scan in chunks of 8, as
+# Bamba and Falcon-H1 name its fields (Zamba2 and Nemotron-H name them their own way).
+MAMBA2 = dict(
+    mamba_n_heads=4,
+    mamba_d_head=8,
+    mamba_n_groups=1,
+    mamba_d_state=8,
+    mamba_chunk_size=8,
+    mamba_expand=2,
+)
 
 FAMILIES: dict[str, Family] = {
     "t5": Family(
@@ -465,6 +482,82 @@ FAMILIES: dict[str, Family] = {
         text_fields=dict(model_type="bart"),
         vision_fields=dict(projection_dim=16),
     ),
+    # Hybrids: Mamba-2 layers beside attention layers, each with its feed-forward (Bamba); with
+    # attention in parallel to the scan in every layer (Falcon-H1); Mamba layers without a
+    # feed-forward and hybrid layers that add a shared transformer block (Zamba2); and
+    # layers that hold a scan, attention or a feed-forward alone (Nemotron-H).
+    "bamba": Family(
+        tf.BambaForCausalLM,
+        "decoder",
+        **TEXT_ONLY,
+        text_fields=dict(layers=3, attn_layer_indices=[1], **MAMBA2),
+    ),
+    "falcon-h1": Family(
+        tf.FalconH1ForCausalLM,
+        "decoder",
+        **TEXT_ONLY,
+        text_fields=dict(mamba_d_ssm=32, **MAMBA2),
+    ),
+    "zamba2": Family(
+        tf.Zamba2ForCausalLM,
+        "decoder",
+        **TEXT_ONLY,
+        skipped_layers=("linear_attention",),
+        text_fields=dict(
+            layers=4,
+            layers_block_type=["linear_attention", "hybrid", "linear_attention", "hybrid"],
+            n_mamba_heads=4,
+            mamba_ngroups=1,
+            mamba_d_state=8,
+            chunk_size=8,
+        ),
+    ),
+    "nemotron-h": Family(
+        tf.NemotronHForCausalLM,
+        "decoder",
+        **TEXT_ONLY,
+        skipped_layers=("linear_attention", "full_attention"),
+        text_fields=dict(
+            layers=4,
+            layers_block_type=["linear_attention", "mlp", "full_attention", "mlp"],
+            mamba_num_heads=4,
+            mamba_head_dim=8,
+            n_groups=1,
+            ssm_state_size=8,
+            chunk_size=8,
+        ),
+    ),
+    # Its text feed-forward normalises its inner activations (sub-LN: a LayerNorm of ffn_dim
+    # between fc1 and fc2); 4 latent queries carry the image into 4 image positions.
+    "kosmos2": Family(
+        tf.Kosmos2ForConditionalGeneration,
+        "kosmos2",
+        image_tokens=4,
+        extra=_token_types("image_embeds_position_mask"),
+        fields=dict(latent_query_num=4),
+    ),
+    # Janus understands images through its SigLIP tower (16 tokens) and carries a VQ image
+    # tokenizer for generation: convolutional stages with attention in the last down-sampling
+    # one, which placement leaves alone.
+    "janus": Family(
+        tf.JanusForConditionalGeneration,
+        "decoder",
+        image_tokens=16,
+        text_fields=dict(model_type="llama"),
+        vision_fields=dict(num_image_tokens=16, projection_dim=16),
+        fields=dict(
+            vq_config=dict(
+                base_channels=32,  # its GroupNorms take 32 groups
+                channel_multiplier=[1, 2],
+                num_res_blocks=1,
+                embed_dim=8,
+                num_embeddings=64,
+                latent_channels=8,
+                projection_dim=16,
+                image_token_embed_dim=16,
+            )
+        ),
+    ),
     "clip": Family(
         tf.CLIPModel,
         "encoder",
@@ -519,17 +612,35 @@ def build(name: str, seed: int = 0) -> Tiny:
     generates = family.target in ("causal", "seq2seq")
 
     text_part = config if family.flat else config.text_config
+    layer_types = getattr(text_part, "layer_types", None) or []
     return Tiny(
         model,
         batch,
         {**inputs, "max_new_tokens": 3} if generates else None,
         text_blocks=family.text_towers * _blocks(text_part, family.text),
         vision_blocks=_blocks(config.vision_config, family.vision) if family.vision else 0,
+        skipped_blocks=sum(kind in family.skipped_layers for kind in layer_types),
     )
 
 
 BUILDERS: dict[str, Callable[[], Tiny]] = {name: partial(build, name) for name in FAMILIES}
 t5, bert = BUILDERS["t5"], BUILDERS["bert"]  # imported by name by several tests
+
+
+def output_tensors(model: nn.Module, batch: dict[str, Any]) -> list[torch.Tensor]:
+    """Every tensor ``model(**batch)`` returns (loss, logits, hidden states...), flattened."""
+    found = []
+
+    def collect(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            found.append(value)
+        elif isinstance(value, tuple | list):
+            for item in value:
+                collect(item)
+
+    torch.manual_seed(0)  # ViLT draws the order of its image patches from the global RNG
+    collect(model(**batch).to_tuple())
+    return found
 
 
 def tiny_vlm(seed: int = 0):

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
         add_mixphm,
         compile_forward,
         deploy,
+        describe_placement,
         mixphm_adapters,
         parameter_counts,
     )
@@ -24,6 +25,7 @@ _HOMES = {
     "add_mixphm": "mixphm.inject",
     "compile_forward": "mixphm.inject",
     "deploy": "mixphm.inject",
+    "describe_placement": "mixphm.inject",
     "load_adapter": "mixphm.serialization",
     "mixphm_adapters": "mixphm.inject",
     "parameter_counts": "mixphm.inject",
@@ -37,6 +39,7 @@ __all__ = [
     "add_mixphm",
     "compile_forward",
     "deploy",
+    "describe_placement",
     "load_adapter",
     "mixphm_adapters",
     "parameter_counts",
