@@ -78,6 +78,23 @@ def positive_float(text: str) -> float:
     return value
 
 
+def finished_run_arguments(parser: argparse.ArgumentParser, fit_loss: bool = False) -> None:
+    """The options of a command that reads finished runs: which runs, and (``fit_loss``)
+    the training loss below which a run counts as fitted."""
+    parser.add_argument(
+        "--run", type=Path, nargs="+", required=True, help="run folders, or folders holding runs"
+    )
+    parser.add_argument("--ks", type=int, nargs="+", help="only runs with these k")
+    parser.add_argument("--seeds", type=int, nargs="+", help="only runs with these seeds")
+    if fit_loss:
+        parser.add_argument(
+            "--fit-loss",
+            type=positive_float,
+            default=0.1,
+            help="training loss below which a run counts as fitted (default 0.1)",
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mixphm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -105,11 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     breakdown = commands.add_parser(
         "breakdown", help="test accuracy of finished runs per answer type, and answer collapse"
     )
-    breakdown.add_argument(
-        "--run", type=Path, nargs="+", required=True, help="run folders, or folders holding runs"
-    )
-    breakdown.add_argument("--ks", type=int, nargs="+", help="only runs with these k")
-    breakdown.add_argument("--seeds", type=int, nargs="+", help="only runs with these seeds")
+    finished_run_arguments(breakdown)
     breakdown.add_argument("--output", type=Path, default=Path("results/breakdown"))
 
     curves = commands.add_parser(
@@ -117,17 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how finished runs trained: when they fitted, what started their patience count, "
         "kept against last checkpoint (from history.json; dev and training loss only)",
     )
-    curves.add_argument(
-        "--run", type=Path, nargs="+", required=True, help="run folders, or folders holding runs"
-    )
-    curves.add_argument("--ks", type=int, nargs="+", help="only runs with these k")
-    curves.add_argument("--seeds", type=int, nargs="+", help="only runs with these seeds")
-    curves.add_argument(
-        "--fit-loss",
-        type=positive_float,
-        default=0.1,
-        help="training loss below which a run counts as fitted (default 0.1)",
-    )
+    finished_run_arguments(curves, fit_loss=True)
     curves.add_argument("--output", type=Path, default=Path("results/curves"))
 
     compare = commands.add_parser(
@@ -135,15 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="finished runs against a reference, seed by seed: paired test and dev "
         "differences with 95%% intervals, when each fitted, and mean training-loss curves",
     )
-    compare.add_argument(
-        "--run", type=Path, nargs="+", required=True, help="run folders, or folders holding runs"
-    )
+    finished_run_arguments(compare, fit_loss=True)
     compare.add_argument(
         "--reference", required=True, help="the variant to compare against, e.g. mixphm"
     )
-    compare.add_argument("--ks", type=int, nargs="+", help="only runs with these k")
-    compare.add_argument("--seeds", type=int, nargs="+", help="only runs with these seeds")
-    compare.add_argument("--fit-loss", type=positive_float, default=0.1)
     compare.add_argument("--output", type=Path, default=Path("results/compare"))
 
     commands.add_parser("pretrain", help="build (once) and cache the pretrained offline backbone")
