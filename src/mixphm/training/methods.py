@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -43,12 +44,18 @@ class MethodSettings:
     extra: dict[str, Any]
 
 
+@functools.cache
+def methods_table() -> dict[str, Any]:
+    """``configs/methods.toml``, read once per process (every run record's variant name
+    asks it for the method's own rate)."""
+    text = resources.files("mixphm.configs").joinpath("methods.toml").read_text()
+    return tomllib.loads(text)
+
+
 def method_settings(method: str) -> MethodSettings:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    text = resources.files("mixphm.configs").joinpath("methods.toml").read_text()
-    table = tomllib.loads(text)
-    own = dict(table[method])
+    own = dict(methods_table()[method])
     return MethodSettings(lr=own.pop("lr"), lr_grid=tuple(own.pop("lr_grid")), extra=own)
 
 
