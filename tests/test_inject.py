@@ -3,7 +3,7 @@
 import pytest
 import torch
 import transformers as tf
-from tiny_models import BUILDERS, output_tensors, text_config, vision_config
+from tiny_models import BUILDERS, TinyAttention, output_tensors, text_config, vision_config
 
 from mixphm import (
     MixPHMConfig,
@@ -170,22 +170,13 @@ def test_packaged_minilm_takes_adapters():
     assert 0 < trainable / total < 0.02
 
 
-class Attention(torch.nn.Module):
-    def __init__(self, width):
-        super().__init__()
-        self.qkv, self.proj = torch.nn.Linear(width, 3 * width), torch.nn.Linear(width, width)
-
-    def forward(self, x):
-        return self.proj(self.qkv(x)[..., : x.shape[-1]])
-
-
 class Block(torch.nn.Module):
     """A transformer block no table lists: attention, a norm, and a feed-forward whose
     names are nobody's convention."""
 
     def __init__(self, width=8, feedforward=True):
         super().__init__()
-        self.mixer = Attention(width)
+        self.mixer = TinyAttention(width)
         self.norm = torch.nn.LayerNorm(width)
         self.widen, self.narrow = (
             torch.nn.Linear(width, 4 * width),

@@ -6,7 +6,7 @@ training."""
 import pytest
 import torch
 import transformers as tf
-from tiny_models import BUILDERS, FAMILIES, output_tensors, text_config
+from tiny_models import BUILDERS, FAMILIES, TinyAttention, output_tensors, text_config
 
 from mixphm import (
     MixPHMConfig,
@@ -202,15 +202,6 @@ def test_emu3s_vq_tokenizer_is_left_alone_even_by_attention_adapters():
     assert len(paths) == 4 and all(path.startswith("model.text_model.") for path in paths)
 
 
-class Attention(torch.nn.Module):
-    def __init__(self, width):
-        super().__init__()
-        self.qkv, self.out = torch.nn.Linear(width, 3 * width), torch.nn.Linear(width, width)
-
-    def forward(self, x):
-        return self.out(self.qkv(x)[..., : x.shape[-1]])
-
-
 class SubLNFeedForward(torch.nn.Module):
     """up (…, d) → (…, 4d), a LayerNorm of the inner width 4d, down (…, 4d) → (…, d)."""
 
@@ -230,7 +221,7 @@ class ParallelBlock(torch.nn.Module):
     def __init__(self, width=8):
         super().__init__()
         self.feedforward = SubLNFeedForward(width)
-        self.mixer = Attention(width)
+        self.mixer = TinyAttention(width)
         self.norm = torch.nn.LayerNorm(width)
 
     def forward(self, x):

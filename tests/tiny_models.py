@@ -690,3 +690,15 @@ def tiny_candidates(candidates: int = 5):
 
     ids = torch.arange(10, 10 + 2 * candidates).reshape(candidates, 2)
     return Candidates(tuple(f"a{i}" for i in range(candidates)), ids, torch.ones_like(ids))
+
+
+class TinyAttention(torch.nn.Module):
+    """Attention by structure only, for hand-built models no table lists: a fused query-key-
+    value linear and an output linear ``proj`` back to ``width``."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.qkv, self.proj = torch.nn.Linear(width, 3 * width), torch.nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.qkv(x)[..., : x.shape[-1]])
